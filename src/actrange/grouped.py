@@ -1,0 +1,135 @@
+"""The study's CNN for G models at once: stacked parameters and one batched forward pass.
+
+G models with the same architecture become one computation: convolutions are grouped
+(model g owns channels g*C .. (g+1)*C - 1 of every feature map) and linear layers are batched
+matrix products. Nothing mixes across models, so each model computes what it would alone.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from actrange.activations import Activation, get_activation
+from actrange.model import FLAT_FEATURES, LAYERS
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Models ``start`` .. ``stop - 1`` of a group use ``activation``."""
+
+    activation: Activation
+    start: int
+    stop: int
+
+
+def activation_plan(names: list[str]) -> list[Segment]:
+    """Split a group's per-model activation names into runs of equal neighbours."""
+    segments: list[Segment] = []
+    for index, name in enumerate(names):
+        if segments and segments[-1].activation.name == name:
+            last = segments[-1]
+            segments[-1] = Segment(last.activation, last.start, index + 1)
+        else:
+            segments.append(Segment(get_activation(name), index, index + 1))
+    return segments
+
+
+def stack_parameters(per_model: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack G models' StudyCNN parameters into the grouped layout.
+
+    conv weights [G*C_out, C_in, 3, 3] (channels_last), conv biases [G*C_out];
+    linear weights transposed to [G, in, out], linear biases [G, 1, out].
+    """
+    stacked: dict[str, torch.Tensor] = {}
+    for spec in LAYERS:
+        weights = [p[f"{spec.name}.weight"] for p in per_model]
+        biases = [p[f"{spec.name}.bias"] for p in per_model]
+        if spec.kind == "conv":
+            weight = torch.cat(weights).contiguous(memory_format=torch.channels_last)
+            stacked[f"{spec.name}.weight"] = weight
+            stacked[f"{spec.name}.bias"] = torch.cat(biases)
+        else:
+            stacked[f"{spec.name}.weight"] = torch.stack([w.t() for w in weights]).contiguous()
+            stacked[f"{spec.name}.bias"] = torch.stack(biases).unsqueeze(1)
+    return stacked
+
+
+def unstack_parameters(stacked: dict[str, torch.Tensor], group: int) -> list[dict[str, torch.Tensor]]:
+    """The inverse of :func:`stack_parameters`: G state dicts in StudyCNN's layout, on the CPU."""
+    per_model: list[dict[str, torch.Tensor]] = [{} for _ in range(group)]
+    for spec in LAYERS:
+        weight = stacked[f"{spec.name}.weight"].detach().cpu()
+        bias = stacked[f"{spec.name}.bias"].detach().cpu()
+        for g, params in enumerate(per_model):
+            if spec.kind == "conv":
+                rows = slice(g * spec.fan_out, (g + 1) * spec.fan_out)
+                params[f"{spec.name}.weight"] = weight[rows].contiguous()
+                params[f"{spec.name}.bias"] = bias[rows].clone()
+            else:
+                params[f"{spec.name}.weight"] = weight[g].t().contiguous()
+                params[f"{spec.name}.bias"] = bias[g, 0].clone()
+    return per_model
+
+
+def per_model_view(stacked: torch.Tensor, group: int) -> torch.Tensor:
+    """Any stacked parameter or gradient as [G, values of one model]."""
+    return stacked.reshape(group, -1)
+
+
+def _activate(x: torch.Tensor, plan: list[Segment], dim: int, width: int) -> torch.Tensor:
+    """Apply each segment's activation to its models' slice of ``x`` along ``dim``."""
+    if len(plan) == 1:
+        return plan[0].activation.fn(x)
+    parts = [
+        s.activation.fn(x.narrow(dim, s.start * width, (s.stop - s.start) * width)) for s in plan
+    ]
+    return torch.cat(parts, dim)
+
+
+def group_forward(
+    params: dict[str, torch.Tensor],
+    images: torch.Tensor,
+    plan: list[Segment],
+    record: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """G models' logits for their own images.
+
+    Args:
+        params: stacked parameters (:func:`stack_parameters`).
+        images: [B, G, 28, 28], model g's images in channel g.
+        plan: the activation of each model.
+        record: if given, receives each hidden layer's pre-activations as [G, B, U, ...].
+    Returns:
+        logits [G, B, 10].
+    """
+    batch, group = images.shape[0], images.shape[1]
+    x = images
+    for spec in LAYERS:
+        if spec.kind == "conv":
+            w, b = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
+            x = F.conv2d(x, w, b, padding=spec.pad, groups=group)  # [B, G*C, H, W]
+            if record is not None:
+                h, w_ = x.shape[-2:]
+                record[spec.name] = x.detach().view(batch, group, spec.fan_out, h, w_).transpose(0, 1)
+            x = _activate(x, plan, dim=1, width=spec.fan_out)
+            if spec.pool:
+                x = F.max_pool2d(x, 2)
+            continue
+
+        if spec.name == "lin1":
+            # [B, G*64, 3, 3] -> [G, B, 576] in each model's own (channel, row, column) order
+            x = x.contiguous().view(batch, group, FLAT_FEATURES).transpose(0, 1)
+        weight, bias = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
+        x = torch.baddbmm(bias, x, weight)  # [G, B, out]
+        if spec.name == "lin3":
+            return x
+        if record is not None:
+            record[spec.name] = x.detach()
+        x = _activate(x, plan, dim=0, width=1)
+    raise AssertionError("unreachable: LAYERS ends with lin3")
+
+
+def to_group_layout(images: torch.Tensor) -> torch.Tensor:
+    """[G, B, 28, 28] per-model images -> [B, G, 28, 28] in channels_last memory."""
+    return images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)

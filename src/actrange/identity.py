@@ -1,0 +1,69 @@
+"""Run identity: a hash of what decides a run's numbers, and the code version stored with it."""
+
+import hashlib
+import json
+import subprocess
+from functools import cache
+from pathlib import Path
+
+from actrange import __version__
+from actrange.config import RunConfig
+
+# the modules whose code changes a run's numbers; editing one gives every run a new identity
+NUMERIC_MODULES = (
+    "activations.py",
+    "data.py",
+    "devicedata.py",
+    "diagnostics.py",
+    "engine.py",
+    "grouped.py",
+    "model.py",
+)
+
+
+@cache
+def code_fingerprint() -> str:
+    """sha256 over the source of the modules that compute a run's numbers (12 hex digits)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for name in NUMERIC_MODULES:
+        digest.update(name.encode())
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def run_id(run: RunConfig) -> str:
+    """16 hex digits naming the run: its identity settings plus the numeric code."""
+    text = json.dumps({"run": run.identity(), "code": code_fingerprint()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def group_id(run_ids: list[str]) -> str:
+    """12 hex digits naming a set of runs trained together."""
+    return hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:12]
+
+
+@cache
+def code_version() -> str:
+    """The package version, the git commit when run from a checkout, and the fingerprint."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        commit = f"git {commit}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        commit = "git unknown"
+    return f"actrange {__version__}, {commit}, numeric code {code_fingerprint()}"

@@ -1,0 +1,194 @@
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from actrange.errors import UsageError
+from actrange.stats import epochs_to_reach, holm, interaction, loss_auc, summarise, welch
+
+T_975_3 = 3.182446305284263  # t quantile 0.975 with 3 degrees of freedom, from tables
+
+
+def test_summarise_hand_computed():
+    summary = summarise([1, 2, 3, 4])
+    half = T_975_3 * math.sqrt(5 / 3) / 2
+    assert summary.n == 4
+    assert summary.mean == pytest.approx(2.5)
+    assert summary.std == pytest.approx(math.sqrt(5 / 3))
+    assert summary.ci_low == pytest.approx(2.5 - half)
+    assert summary.ci_high == pytest.approx(2.5 + half)
+
+
+def test_summarise_constant_sample_has_zero_width():
+    summary = summarise([0.1, 0.1, 0.1])
+    assert summary.std == 0.0
+    assert summary.ci_low == summary.mean == summary.ci_high
+
+
+def test_summarise_one_value_has_unbounded_interval_and_none_has_nan():
+    one = summarise([85.0])
+    assert (one.n, one.mean) == (1, 85.0)
+    assert math.isnan(one.std)
+    assert (one.ci_low, one.ci_high) == (-math.inf, math.inf)
+    empty = summarise([])
+    assert empty.n == 0
+    assert all(math.isnan(x) for x in (empty.mean, empty.std, empty.ci_low, empty.ci_high))
+
+
+def test_summarise_rejects_non_finite_values():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        summarise([1.0, math.nan])
+
+
+def test_summarise_interval_brackets_mean_and_matches_scipy():
+    rng = np.random.default_rng(1)
+    for n in range(2, 30):
+        sample = rng.normal(80, rng.uniform(0.1, 10), size=n)
+        summary = summarise(sample)
+        assert summary.ci_low <= summary.mean <= summary.ci_high
+        low, high = sps.t.interval(0.95, n - 1, loc=sample.mean(), scale=sps.sem(sample))
+        assert (summary.ci_low, summary.ci_high) == pytest.approx((low, high))
+
+
+def test_loss_auc_is_mean_height_of_trapezoids():
+    assert loss_auc([2.0, 1.0, 0.0]) == pytest.approx(1.0)  # area 1.5 + 0.5 over 2 epochs
+    assert loss_auc([3.0, 1.0]) == pytest.approx(2.0)
+    assert loss_auc([1.0, 3.0, 1.0, 1.0]) == pytest.approx((2.0 + 2.0 + 1.0) / 3)
+    assert loss_auc([5.0]) == 5.0
+    assert loss_auc([0.7] * 6) == pytest.approx(0.7)
+
+
+def test_loss_auc_of_diverged_curve_is_nan_and_empty_is_an_error():
+    assert math.isnan(loss_auc([2.0, math.nan]))
+    assert math.isnan(loss_auc([2.0, math.inf, 1.0]))
+    with pytest.raises(UsageError, match="empty"):
+        loss_auc([])
+
+
+def test_epochs_to_reach_first_epoch_at_or_above_threshold():
+    assert epochs_to_reach([50.0, 79.9, 80.0, 90.0], 80.0) == 3.0
+    assert epochs_to_reach([81.0, 70.0], 80.0) == 1.0
+    assert epochs_to_reach([math.nan, 85.0], 80.0) == 2.0
+    assert epochs_to_reach([10.0, 20.0], 80.0) == math.inf
+    assert epochs_to_reach([], 80.0) == math.inf
+
+
+def test_welch_hand_computed():
+    # a: mean 2.5, var 5/3, n 4; b: mean 4, var 4, n 3; se^2 = 5/12 + 4/3 = 7/4
+    result = welch([1, 2, 3, 4], [2, 4, 6])
+    df = (7 / 4) ** 2 / ((5 / 12) ** 2 / 3 + (4 / 3) ** 2 / 2)
+    assert df == pytest.approx(1323 / 409)
+    half = sps.t.ppf(0.975, df) * math.sqrt(7 / 4)
+    assert result.diff == pytest.approx(-1.5)
+    assert result.t == pytest.approx(-3 / math.sqrt(7))
+    assert result.df == pytest.approx(df)
+    assert result.p == pytest.approx(2 * sps.t.sf(3 / math.sqrt(7), df))
+    assert (result.ci_low, result.ci_high) == pytest.approx((-1.5 - half, -1.5 + half))
+    # pooled variance (3 * 5/3 + 2 * 4) / 5 = 13/5; correction 1 - 3 / (4 * 5 - 1) = 16/19
+    assert result.hedges_g == pytest.approx(-1.5 / math.sqrt(13 / 5) * 16 / 19)
+    assert (result.n_a, result.n_b) == (4, 3)
+
+
+def _with_moments(n: int, mean: float, std: float, seed: int) -> np.ndarray:
+    """A sample rescaled to exactly the given mean and sample std."""
+    raw = np.random.default_rng(seed).normal(size=n)
+    return mean + std * (raw - raw.mean()) / raw.std(ddof=1)
+
+
+def test_welch_textbook_summary_statistics():
+    # two groups of 20 with means 100 and 95, sds 15 and 20: t = 5 / sqrt(31.25), df about 35.2
+    result = welch(_with_moments(20, 100, 15, 0), _with_moments(20, 95, 20, 1))
+    assert result.t == pytest.approx(0.8944, abs=1e-4)
+    assert result.df == pytest.approx(31.25**2 / ((11.25**2 + 20**2) / 19))
+    assert result.df == pytest.approx(35.24, abs=0.01)
+    assert result.p > 0.05
+
+
+def test_welch_matches_scipy_and_is_antisymmetric():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        a = rng.normal(85, rng.uniform(0.2, 3), size=rng.integers(2, 12))
+        b = rng.normal(84, rng.uniform(0.2, 3), size=rng.integers(2, 12))
+        result, ref = welch(a, b), sps.ttest_ind(a, b, equal_var=False)
+        interval = ref.confidence_interval(0.95)
+        assert result.t == pytest.approx(ref.statistic)
+        assert result.p == pytest.approx(ref.pvalue)
+        assert result.df == pytest.approx(ref.df)
+        assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high))
+        assert result.ci_low <= result.diff <= result.ci_high
+        swapped = welch(b, a)
+        assert swapped.diff == pytest.approx(-result.diff)
+        assert swapped.p == pytest.approx(result.p)
+        assert swapped.hedges_g == pytest.approx(-result.hedges_g)
+
+
+def test_welch_degenerate_groups():
+    single = welch([85.0], [80.0, 81.0])
+    assert single.diff == pytest.approx(4.5)
+    assert (single.ci_low, single.ci_high) == (-math.inf, math.inf)
+    assert math.isnan(single.p) and math.isnan(single.t)
+    distinct = welch([10.0, 10.0], [12.0, 12.0, 12.0])
+    assert (distinct.diff, distinct.ci_low, distinct.ci_high) == (-2.0, -2.0, -2.0)
+    assert distinct.p == 0.0 and distinct.t == -math.inf
+    assert math.isnan(distinct.hedges_g)
+    same = welch([10.0, 10.0], [10.0, 10.0])
+    assert (same.ci_low, same.ci_high) == (0.0, 0.0)
+    assert math.isnan(same.p)
+    empty = welch([], [1.0, 2.0])
+    assert math.isnan(empty.diff) and empty.n_a == 0
+
+
+def test_holm_hand_worked():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # sorted 0.01*4, 0.02*3, 0.04*2, 0.5*1 -> 0.04, 0.06, 0.08, max(0.08, 0.5)
+    assert holm([0.5, 0.01, 0.02, 0.04]) == pytest.approx([0.5, 0.04, 0.06, 0.08])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == pytest.approx([0.02])
+    assert holm([]).shape == (0,)
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    adjusted = holm([0.01, math.nan, 0.04])
+    assert adjusted[[0, 2]] == pytest.approx([0.02, 0.04])
+    assert math.isnan(adjusted[1])
+
+
+def test_holm_invariants():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        raw = rng.uniform(0, 0.3, size=rng.integers(1, 8))
+        adjusted = holm(raw)
+        assert np.all(adjusted >= raw) and np.all(adjusted <= 1.0)
+        order = np.argsort(raw)
+        assert np.all(np.diff(adjusted[order]) >= 0)
+        assert adjusted.min() == pytest.approx(min(1.0, raw.min() * raw.size))
+
+
+def test_interaction_hand_computed():
+    # means 2, 1, 6, 6; variances 2, 2, 4, 3; se^2 = 1 + 1 + 4/3 + 1 = 13/3
+    result = interaction([1, 3], [0, 2], [4, 6, 8], [5, 5, 8])
+    df = (13 / 3) ** 2 / (1 + 1 + (4 / 3) ** 2 / 2 + 1 / 2)
+    assert df == pytest.approx(338 / 61)
+    half = sps.t.ppf(0.975, df) * math.sqrt(13 / 3)
+    assert result.diff == pytest.approx(1.0)
+    assert result.t == pytest.approx(1 / math.sqrt(13 / 3))
+    assert result.df == pytest.approx(df)
+    assert result.p == pytest.approx(2 * sps.t.sf(1 / math.sqrt(13 / 3), df))
+    assert (result.ci_low, result.ci_high) == pytest.approx((1 - half, 1 + half))
+    assert math.isnan(result.hedges_g)
+    assert (result.n_a, result.n_b) == (4, 6)
+
+
+def test_interaction_against_constant_groups_equals_welch():
+    a, b = [81.0, 83.5, 82.2, 84.0], [80.1, 79.0, 82.5]
+    gap, direct = interaction(a, b, [5.0, 5.0], [5.0, 5.0]), welch(a, b)
+    for field in ("diff", "ci_low", "ci_high", "t", "df", "p"):
+        assert getattr(gap, field) == pytest.approx(getattr(direct, field))
+
+
+def test_interaction_with_a_single_seed_has_no_test():
+    result = interaction([1.0], [0.0, 2.0], [4.0, 6.0], [5.0, 7.0])
+    assert result.diff == pytest.approx((1 - 1) - (5 - 6))
+    assert (result.ci_low, result.ci_high) == (-math.inf, math.inf)
+    assert math.isnan(result.p)
