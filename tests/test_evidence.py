@@ -128,7 +128,7 @@ def test_switch_sigmoid_learning_rates_and_missing_layers():
     ]
     layers = [row for row in _layers("s", "tanh", {}) if row["epoch"] == 1]
     layers += _layers("g1", "sigmoid", {("lin1", 1): {"saturated_frac": 0.3}})
-    switched, slow, fast = evidence_sentences(runs, layers)
+    slow, fast, switched = evidence_sentences(runs, layers)
     assert switched.startswith(
         "At [-1, 1], Tanh→ReLU@2 lr=0.01 finished at 70.0% (n=1), switching "
     )

@@ -254,3 +254,16 @@ def test_save_figure_writes_a_png(study, tmp_path):
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG")
     assert 1000 < len(data) < 200_000
+
+
+def test_a_diverged_seed_drops_out_of_the_mean_and_band(study):
+    runs, epochs, _ = study
+    epochs = [dict(row) for row in epochs]
+    for row in epochs:
+        if row["run_id"] == "relu-2" and row["epoch"] == 3:
+            row["train_loss"] = math.nan
+    ax = loss_curves(runs, epochs, -1, 1).axes[0]
+    # epoch 3 keeps seed 1 alone (2/3 + 0.1) and so has no band there
+    assert ax.lines[0].get_ydata()[2] == pytest.approx(2 / 3 + 0.1)
+    band_x = _bands(ax)[0].get_paths()[0].vertices[:, 0]
+    assert band_x.max() < 3

@@ -147,7 +147,7 @@ def test_single_range_judges_one_half_only(rng, judged_half):
     other = result.claims[1 - judged_half]
     assert (other.outcome, other.range) == ("inconclusive", None)
     assert other.reason == "only one range was run"
-    assert "cannot be estimated" in result.interaction
+    assert result.interaction.endswith("cannot be estimated: only one range was run.")
 
 
 def test_a_single_seed_is_too_few():
@@ -164,6 +164,7 @@ def test_missing_activation_names_the_labels_present():
     for claim in result.claims:
         assert claim.outcome == "inconclusive"
         assert claim.reason == "no analysed runs are labelled 'tanh' (present: gelu, relu)"
+    assert "cannot be estimated: no analysed runs are labelled 'tanh'" in result.interaction
 
 
 def test_runs_sentence_counts_diverged_stuck_and_unanalysed_runs():
@@ -222,3 +223,18 @@ def test_display_names():
     assert display_name("relu") == "ReLU"
     assert display_name("tanh>relu@5") == "Tanh→ReLU (switch at epoch 5)"
     assert display_name("mish") == "mish"
+
+
+def test_ranges_of_equal_width_judge_one_half_only():
+    arms = {
+        (act, rng): around(m)
+        for act, rng, m in [
+            ("tanh", (-1, 1), 86.0),
+            ("relu", (-1, 1), 84.0),
+            ("tanh", (0, 2), 85.0),
+            ("relu", (0, 2), 84.5),
+        ]
+    }
+    _, result = judged(arms)
+    assert result.claims[0].range == (-1.0, 1.0)
+    assert result.claims[1].reason == "only one range width was run"

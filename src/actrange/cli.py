@@ -42,7 +42,7 @@ def _integer(text: str, what: str) -> int:
 
 
 def _pairs(text: str, what: str) -> list[list[float]]:
-    """"-1:1,-5:5" -> [[-1, 1], [-5, 5]]."""
+    """ "-1:1,-5:5" -> [[-1, 1], [-5, 5]]."""
     pairs = []
     for part in _split(text):
         lo, sep, hi = part.partition(":")
@@ -53,7 +53,7 @@ def _pairs(text: str, what: str) -> list[list[float]]:
 
 
 def _switches(text: str) -> list[Any]:
-    """"none,5:relu" -> ["none", {"epoch": 5, "to": "relu"}]."""
+    """ "none,5:relu" -> ["none", {"epoch": 5, "to": "relu"}]."""
     switches: list[Any] = []
     for part in _split(text):
         if part == "none":
@@ -97,6 +97,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key, value in (
         (args.no_checkpoint, "checkpoint", False),
         (args.no_download, "download", False),
+        (args.no_verify_data, "verify_data", False),
         (args.compile, "compile", True),
     ):
         if flag:
@@ -127,6 +128,11 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     place.add_argument("--out", default="results", help="result directory (default: results)")
     place.add_argument("--data", help="directory holding the Fashion-MNIST files")
     place.add_argument("--no-download", action="store_true", help="never download the data")
+    place.add_argument(
+        "--no-verify-data",
+        action="store_true",
+        help="accept data files whose counts or checksums differ from Fashion-MNIST's",
+    )
     place.add_argument("--backend", help="local (default) or ray")
     place.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS)")
     place.add_argument("--mlflow", nargs="?", const="default", help="log to MLflow [URI]")

@@ -140,6 +140,7 @@ class ExperimentConfig:
     tensorboard: str = ""
     data: str = ""
     download: bool = True
+    verify_data: bool = True  # False accepts other counts and checksums; formats are still checked
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def runs(self) -> list[RunConfig]:
@@ -297,6 +298,7 @@ _SCALARS = {
     "tensorboard": lambda k, v: _as_str(k, v),
     "data": lambda k, v: _as_str(k, v),
     "download": _as_bool,
+    "verify_data": _as_bool,
 }
 _AXES = ("activations", "ranges", "normalize", "seeds", "lrs", "switches")
 ALLOWED_KEYS = tuple(sorted((*_SCALARS, *_AXES, "switch", "lr", "seed")))
@@ -304,9 +306,7 @@ ALLOWED_KEYS = tuple(sorted((*_SCALARS, *_AXES, "switch", "lr", "seed")))
 
 def _parse_device(key: str, value: Any) -> str:
     text = _as_str(key, value)
-    if text in ("auto", "cpu", "cuda", "mps") or (
-        text.startswith("cuda:") and text[5:].isdigit()
-    ):
+    if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise _fail(key, f"{text!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
 
@@ -370,7 +370,9 @@ def load_toml(path: Path) -> dict[str, Any]:
 def preset_names() -> list[str]:
     """Names of the presets that ship with the package."""
     folder = resources.files("actrange") / "presets"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:

@@ -231,7 +231,9 @@ def evaluate(
         labels = labels_all[start:stop]  # [b]
         logits = group_forward(state.params, to_group_layout(images), plan).float()  # [G, b, 10]
         targets = labels.expand(group, -1)
-        losses = F.cross_entropy(logits.reshape(-1, N_CLASSES), targets.reshape(-1), reduction="none")
+        losses = F.cross_entropy(
+            logits.reshape(-1, N_CLASSES), targets.reshape(-1), reduction="none"
+        )
         loss_sum += losses.view(group, -1).sum(1, dtype=torch.float64)
         predicted = logits.argmax(-1)  # [G, b]
         correct += (predicted == targets).sum(1)
@@ -286,15 +288,19 @@ def train_group(
         n_batches = 0
         for start in range(0, n_train, batch_size):
             batch = order[:, start : start + batch_size]  # [G, b]
-            images = to_group_layout(data.train_images[range_index[:, None], batch])  # [b, G, 28, 28]
+            images = to_group_layout(
+                data.train_images[range_index[:, None], batch]
+            )  # [b, G, 28, 28]
             labels = data.train_labels[batch]  # [G, b]
             record = {} if start == 0 else None
             with _autocast(device, precision):
                 logits = group_forward(state.params, images, plan, record)  # [G, b, 10]
-            losses = F.cross_entropy(
-                logits.float().reshape(-1, N_CLASSES), labels.reshape(-1), reduction="none"
-            ).view(group, -1).mean(1)  # [G], each run's own batch-mean loss
-            grads = dict(zip(names, torch.autograd.grad(losses.sum(), list(state.params.values()))))
+            per_image = F.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), reduction="none"
+            )  # [G*b]
+            losses = per_image.view(group, -1).mean(1)  # [G], each run's own batch-mean loss
+            gradients = torch.autograd.grad(losses.sum(), list(state.params.values()))
+            grads = dict(zip(names, gradients, strict=True))
             if record is not None:
                 before = {k: v.detach().clone() for k, v in state.params.items() if "weight" in k}
             _sgd_step(state, grads, rates)

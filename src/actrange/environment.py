@@ -14,7 +14,7 @@ RECORDED_PACKAGES = ("torch", "numpy", "scipy", "matplotlib", "pooch")
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is CUDA when present, else the CPU; an unavailable device is a UsageError."""
+    """ "auto" is CUDA when present, else the CPU; an unavailable device is a UsageError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

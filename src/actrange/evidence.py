@@ -198,13 +198,17 @@ class _CellLayers:
         return max(finite, default=0)
 
     def extreme(self, epoch: int, column: str, largest: bool) -> tuple[str, float]:
-        """The layer with the largest (or smallest) seed-mean value of a column at an epoch."""
-        means = [(self.mean(layer, epoch, column), layer) for layer in self.layers]
-        finite = [(v, layer) for v, layer in means if math.isfinite(v)]
-        if not finite:
-            return "", math.nan
-        value, layer = max(finite) if largest else min(finite)
-        return layer, value
+        """The layer with the largest (or smallest) seed-mean value of a column at an epoch.
+
+        Ties go to the layer nearest the input; ("", NaN) when no layer has a value.
+        """
+        best_layer, best = "", math.nan
+        for layer in self.layers:
+            value = self.mean(layer, epoch, column)
+            better = value > best if largest else value < best
+            if math.isfinite(value) and (not best_layer or better):
+                best_layer, best = layer, value
+        return best_layer, best
 
 
 def _layer_order(layer: str) -> tuple[int, str]:
@@ -212,7 +216,7 @@ def _layer_order(layer: str) -> tuple[int, str]:
 
 
 def _head(cell: Cell, runs_by_id: dict[str, dict], with_lr: bool) -> str:
-    """ "At [-1, 1], ReLU finished at 10.0% (n=5)", with diverged runs and a switch if any."""
+    """The opening, e.g. "At [-1, 1], ReLU finished at 10.0% (n=5)", with divergence, switch."""
     rows = [runs_by_id[run_id] for run_id in cell.run_ids]
     accuracies = [float(r["test_accuracy"]) for r in rows]
     accuracies = [a for a in accuracies if math.isfinite(a)]
@@ -229,7 +233,7 @@ def _head(cell: Cell, runs_by_id: dict[str, dict], with_lr: bool) -> str:
 
 
 def _trend(stats: _CellLayers, layer: str, column: str, early: int, value: float) -> str:
-    """ ", falling to 47% by epoch 20", or nothing when there is no later epoch."""
+    """Where the value ended, e.g. ", falling to 47% by epoch 20"; "" without a later epoch."""
     last = stats.last_epoch(layer, column)
     if last <= early:
         return ""

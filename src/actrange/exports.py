@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from actrange.columns import EPOCH_COLUMNS, LAYER_COLUMNS, RUN_COLUMNS
+from actrange.columns import EPOCH_COLUMNS, LAYER_COLUMNS, LAYER_STAT_COLUMNS, RUN_COLUMNS
 from actrange.store import Store, write_atomically
 
 
@@ -42,6 +42,15 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
         "device": run["device"] or "",
         "group_id": run["group_id"] or "",
     }
+
+
+# SQLite stores a NaN (a diverged run's loss) as NULL: these columns get their NaN back on reading
+RUN_NUMBERS = ("final_train_loss", "test_loss", "test_accuracy")
+EPOCH_NUMBERS = ("train_loss", "test_loss", "test_accuracy", "seconds")
+
+
+def _with_nan(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{**row, **{c: math.nan for c in columns if row.get(c, 0) is None}} for row in rows]
 
 
 def _csv_bytes(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
@@ -76,15 +85,15 @@ def load_results(store: Store) -> ResultSet:
     """Everything the latest experiment in ``store`` produced."""
     experiment = store.latest_experiment() or {"config": "", "environment": {}, "run_ids": []}
     run_ids = experiment["run_ids"]
-    runs = [_run_row(r) for r in store.runs(run_ids)]
+    runs = _with_nan([_run_row(r) for r in store.runs(run_ids)], RUN_NUMBERS)
     done = [r["run_id"] for r in runs if r["status"] in ("finished", "diverged")]
     return ResultSet(
         directory=store.directory,
         config_toml=experiment["config"],
         environment=experiment["environment"],
         runs=runs,
-        epochs=store.epochs(run_ids),
-        layers=store.layers(run_ids),
+        epochs=_with_nan(store.epochs(run_ids), EPOCH_NUMBERS),
+        layers=_with_nan(store.layers(run_ids), LAYER_STAT_COLUMNS),
         arrays={rid: store.load_arrays(rid) for rid in done},
     )
 

@@ -55,7 +55,9 @@ def stack_parameters(per_model: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return stacked
 
 
-def unstack_parameters(stacked: dict[str, torch.Tensor], group: int) -> list[dict[str, torch.Tensor]]:
+def unstack_parameters(
+    stacked: dict[str, torch.Tensor], group: int
+) -> list[dict[str, torch.Tensor]]:
     """The inverse of :func:`stack_parameters`: G state dicts in StudyCNN's layout, on the CPU."""
     per_model: list[dict[str, torch.Tensor]] = [{} for _ in range(group)]
     for spec in LAYERS:
@@ -111,7 +113,9 @@ def group_forward(
             x = F.conv2d(x, w, b, padding=spec.pad, groups=group)  # [B, G*C, H, W]
             if record is not None:
                 h, w_ = x.shape[-2:]
-                record[spec.name] = x.detach().view(batch, group, spec.fan_out, h, w_).transpose(0, 1)
+                record[spec.name] = (
+                    x.detach().view(batch, group, spec.fan_out, h, w_).transpose(0, 1)
+                )
             x = _activate(x, plan, dim=1, width=spec.fan_out)
             if spec.pool:
                 x = F.max_pool2d(x, 2)

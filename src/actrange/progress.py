@@ -17,7 +17,9 @@ DETAIL_LIMIT = 16  # groups up to this size get one line per run and epoch
 class Progress:
     """Progress reporting for a sweep. All output goes to ``stream`` (stderr by default)."""
 
-    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None, bar: bool | None = None):
+    def __init__(
+        self, *, quiet: bool = False, stream: TextIO | None = None, bar: bool | None = None
+    ):
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.use_bar = (not quiet) and (self.stream.isatty() if bar is None else bar)

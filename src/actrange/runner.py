@@ -1,11 +1,12 @@
 """`actrange run`: pick the backend and trackers, run the sweep, then report."""
 
+import sys
 from pathlib import Path
 
 from actrange.config import ExperimentConfig
 from actrange.progress import Progress
 from actrange.store import Store
-from actrange.sweep import StopRequested, SweepOutcome, Sweep, Tracker
+from actrange.sweep import StopRequested, Sweep, SweepOutcome, Tracker
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_STOPPED = 0, 1, 130
 
@@ -51,7 +52,8 @@ def execute(config: ExperimentConfig, out_dir: Path, *, progress: Progress, repo
     try:
         outcome = sweep.execute()
     except StopRequested:
-        progress.message(f"stopped: finished runs and checkpoints are saved in {out_dir}")
+        # said even with --quiet: the person who stopped the sweep needs to know what is kept
+        print(f"stopped: finished runs and checkpoints are kept in {out_dir}", file=sys.stderr)
         return EXIT_STOPPED
     finally:
         for tracker in trackers:

@@ -167,7 +167,9 @@ class Sweep:
         """The data set on the device, loaded on first use (a finished sweep needs none)."""
         if self._data is None:
             data_dir = Path(self.config.data) if self.config.data else None
-            dataset = load_fashion_mnist(data_dir, download=self.config.download)
+            dataset = load_fashion_mnist(
+                data_dir, download=self.config.download, verify=self.config.verify_data
+            )
             self._data = DeviceData(dataset, self.device)
         return self._data
 
@@ -180,7 +182,7 @@ class Sweep:
         with Store(self.out_dir) as store, stop_on_signals() as flag:
             self.register(store)
             todo = self.pending_groups(store)
-            outcome.skipped = len(self.runs) - sum(len(g.runs) for g in todo)
+            outcome.skipped = sum(r["status"] in DONE for r in store.runs(self.ids))
             self.progress.sweep_started(len(self.runs), outcome.skipped, len(todo), self.device)
             for index, group in enumerate(todo, 1):
                 self._execute_group(store, group, index, len(todo), flag, outcome)
@@ -200,9 +202,7 @@ class Sweep:
         if claimed != set(group.run_ids):
             # some runs are done or held by another process: train the rest as a new group
             keep = [i for i, rid in enumerate(group.run_ids) if rid in claimed]
-            group = Group(
-                tuple(group.runs[i] for i in keep), tuple(group.run_ids[i] for i in keep)
-            )
+            group = Group(tuple(group.runs[i] for i in keep), tuple(group.run_ids[i] for i in keep))
         try:
             self._train(store, group, index, total, flag, outcome)
         except StopRequested:

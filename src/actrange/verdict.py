@@ -111,8 +111,11 @@ def _p(p: float) -> str:
 
 
 def _arm(cell: CellSummary, lr_selected: bool, first: bool) -> str:
-    """One side of a comparison: "Tanh reached 86.2% (95% CI 85.9–86.5, n=10)" when first,
-    "ReLU 84.0% (83.1–84.9, n=10)" otherwise."""
+    """One side of a comparison in words.
+
+    The first side reads "Tanh reached 86.2% (95% CI 85.9–86.5, n=10)", the second
+    "ReLU 84.0% (83.1–84.9, n=10)"; diverged and stuck runs are counted after n.
+    """
     name = display_name(cell.activation) + (f" (lr {cell.lr:g})" if lr_selected else "")
     extras = "".join(
         f", {count} {word}"
@@ -237,12 +240,13 @@ def _interaction_sentence(
     wide: RangeComparison | None,
     alpha: float,
     margin: float,
+    missing: str,
 ) -> str:
     """Whether the a - b gap differs between the judged narrow and wide range."""
     if narrow is None or wide is None:
-        return "The change of the gap between ranges cannot be estimated: only one range was run."
-    found = [i for i in analysis.interactions if (i.first, i.second) == (narrow.range, wide.range)]
-    inter = found[0]
+        return f"The change of the gap between ranges cannot be estimated: {missing}."
+    pair = (narrow.range, wide.range)
+    inter = next(i for i in analysis.interactions if (i.first, i.second) == pair)
     c = inter.comparison
     gap = f"{display_name(analysis.a)} − {display_name(analysis.b)} gap"
     digits = _digits(c.diff, c.ci_low, c.ci_high, narrow.comparison.diff, wide.comparison.diff)
@@ -357,7 +361,7 @@ def verdict(analysis: Analysis, *, alpha: float = 0.05, margin: float = 0.5) -> 
         )
     return Verdict(
         claims=claims,
-        interaction=_interaction_sentence(analysis, narrow, wide, alpha, margin),
+        interaction=_interaction_sentence(analysis, narrow, wide, alpha, margin, missing),
         runs=_runs_sentence(analysis),
         note=note,
         alpha=alpha,

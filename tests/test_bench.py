@@ -1,0 +1,193 @@
+"""The speed benchmark: its arithmetic against hand values, and a tiny run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from actrange import bench
+from actrange.bench import (
+    Line,
+    NotebookDataset,
+    closing_sentence,
+    flop_per_image,
+    line_figures,
+    matmul_peak,
+    measure_engine,
+    run_benchmark,
+    seconds_per_model_epoch,
+)
+from actrange.data import normalise
+from actrange.devicedata import DeviceData
+from actrange.errors import UsageError
+from tests.helpers import synthetic_dataset
+
+# forward multiply-adds x 2 per layer: conv1 28*28*8*9 = 56,448, conv2 14*14*16*8*9 = 225,792,
+# conv3 7*7*32*16*9 = 225,792, conv4 5*5*64*32*9 = 460,800, conv5 3*3*64*64*9 = 331,776,
+# lin1 576*64 = 36,864, lin2 64*32 = 2,048, lin3 32*10 = 320: 1,339,840 -> 2,679,680 FLOP.
+# Backward is twice that, less conv1's input gradient (the images need none): 112,896.
+FORWARD_FLOP = 2_679_680
+TRAIN_STEP_FLOP = 3 * FORWARD_FLOP - 112_896  # 7,926,144
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Synthetic data (6 batches: one loader pass covers warm-up and the timed step), a small
+    matmul for the peak, and one thread, which keeps the run quick on a busy machine."""
+    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: synthetic_dataset(768, 64))
+    monkeypatch.setattr(bench, "MATMUL_SIDE", {"cpu": 128, "cuda": 128})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_flop_per_image_is_the_hand_count():
+    flop = flop_per_image()
+    assert 7.5e6 <= flop <= 8.5e6
+    assert flop == TRAIN_STEP_FLOP
+
+
+def test_seconds_per_model_epoch_extrapolates_steps_and_divides_by_group():
+    assert seconds_per_model_epoch(2.0, 20, 1) == pytest.approx(46.9)  # 0.1 s a step * 469
+    assert seconds_per_model_epoch(2.0, 20, 4) == pytest.approx(11.725)
+    # 0.5 s happen once per epoch: (2.0 / 20 * 469 + 0.5) / 2
+    assert seconds_per_model_epoch(2.5, 20, 2, once_per_epoch=0.5) == pytest.approx(23.7)
+
+
+def test_line_figures_ratios_limit_and_costs_by_hand():
+    notebook = Line("(a) notebook pipeline", 1, "fp32", steps=1, seconds=0.5, peak_memory_bytes=1)
+    engine_line = Line("(c) engine G=2", 2, "fp32", 1, 0.6, 1, statistics_seconds=0.1,
+                       evaluation_seconds=0.4)  # fmt: skip
+    # limit: 60,000 images * 1e6 FLOP / 1e9 FLOP/s = 60 s per model-epoch
+    figures = line_figures(engine_line, notebook, flop=1e6, peaks={"fp32": 1e9})
+
+    model_epoch = (0.5 * 469 + 0.1) / 2  # 117.3
+    assert figures["seconds_per_model_epoch"] == pytest.approx(model_epoch)
+    assert figures["images_per_second"] == pytest.approx(60_000 / model_epoch)
+    assert figures["x_faster_than_notebook"] == pytest.approx(0.5 * 469 / model_epoch)
+    assert figures["percent_of_limit"] == pytest.approx(100 * 60 / model_epoch)
+    assert figures["statistics_percent_of_epoch"] == pytest.approx(100 * 0.1 / (2 * model_epoch))
+    assert figures["evaluation_seconds_per_model"] == pytest.approx(0.2)
+    assert line_figures(engine_line, None, 1e6, {"fp32": 1e9})["x_faster_than_notebook"] is None
+
+
+def test_closing_sentence_names_the_fastest_line_other_than_the_notebook():
+    def figures(name, seconds, ratio, percent):
+        return {"name": name, "seconds_per_model_epoch": seconds,
+                "x_faster_than_notebook": ratio, "percent_of_limit": percent}  # fmt: skip
+
+    lines = [
+        figures("(a) notebook pipeline", 4.3, 1.0, 13.5),
+        figures("(b) in-memory StudyCNN", 2.0, 2.15, 29.0),
+        figures("(c) engine G=16", 1.0, 4.3, 58.0),
+        figures("(c) engine G=4", 1.5, 2.87, 38.7),
+    ]
+    assert closing_sentence(lines) == (
+        "best: engine G=16 is 4.3x faster than the notebook pipeline, "
+        "at 58% of the arithmetic limit"
+    )
+    without_notebook = [dict(f, x_faster_than_notebook=None) for f in lines[1:]]
+    assert closing_sentence(without_notebook) == (
+        "best: engine G=16 at 1 s per model-epoch, 58% of the arithmetic limit "
+        "(notebook not measured)"
+    )
+
+
+def test_notebook_dataset_converts_like_totensor_and_normalize():
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    images[0, 0, 0], images[0, 0, 1], images[1, 5, 7] = 255, 51, 102
+    dataset = NotebookDataset(images, np.array([3, 9]), mean=0.5, std=0.5)
+
+    image, label = dataset[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert label == 3 and isinstance(label, int)
+    assert image[0, 0, 0] == 1.0 and image[0, 0, 2] == -1.0
+    assert image[0, 0, 1] == pytest.approx(-0.6)  # 51 / 255 = 0.2
+    expected = normalise(torch.from_numpy(images), 0.5, 0.5)  # [2, 28, 28]
+    assert all(torch.equal(dataset[i][0][0], expected[i]) for i in range(2))
+    assert len(dataset) == 2
+
+
+def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path, capsys):
+    out = tmp_path / "bench" / "speed.json"
+    assert run_benchmark(groups=[1, 2], batches=1, device_name="cpu", out=out, notebook=True) == 0
+
+    document = json.loads(out.read_text())
+    names = [f["name"] for f in document["lines"]]
+    assert names == ["(a) notebook pipeline", "(b) in-memory StudyCNN", "(c) engine G=1",
+                     "(c) engine G=2"]  # fmt: skip
+    assert document["flop_per_image"] == TRAIN_STEP_FLOP
+    assert document["peak_flop_per_second"]["fp32"] > 0
+    assert document["settings"]["batches"] == 1 and document["test_images"] == 64
+    for figures in document["lines"]:
+        for key in ("seconds", "seconds_per_model_epoch", "images_per_second",
+                    "x_faster_than_notebook", "percent_of_limit", "peak_memory_bytes"):  # fmt: skip
+            assert figures[key] > 0, (figures["name"], key)
+        assert figures["images_per_second"] * figures["seconds_per_model_epoch"] == pytest.approx(
+            60_000
+        )
+    assert document["lines"][0]["x_faster_than_notebook"] == 1.0
+    engine_lines = document["lines"][2:]
+    assert [f["group"] for f in engine_lines] == [1, 2]
+    assert all(f["statistics_seconds"] > 0 and f["evaluation_seconds"] > 0 for f in engine_lines)
+
+    table_rows = [row for row in capsys.readouterr().out.splitlines() if row.startswith("(")]
+    assert [row.split("  ")[0].strip() for row in table_rows] == names
+    assert document["best"].startswith("best: ")
+
+
+def test_without_the_notebook_ratios_are_not_available_and_no_json_is_written(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert run_benchmark(groups=[1], batches=1, device_name="cpu", out=None, notebook=False) == 0
+
+    printed = capsys.readouterr().out
+    rows = [row for row in printed.splitlines() if row.startswith("(")]
+    assert [row[:3] for row in rows] == ["(b)", "(c)"]
+    assert all(" n/a " in row for row in rows)
+    assert "(notebook not measured)" in printed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_engine_line_in_bf16_runs_its_own_precision(tiny):
+    data = DeviceData(bench.load_fashion_mnist(), torch.device("cpu"))
+    line = measure_engine(data, group=2, batches=1, precision="bf16")
+    assert (line.name, line.group, line.precision, line.steps) == (
+        "(c) engine G=2 bf16",
+        2,
+        "bf16",
+        1,
+    )
+    assert line.seconds > 0 and line.statistics_seconds > 0 and line.evaluation_seconds > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_matmul_peak_is_positive_and_leaves_the_tf32_flag_alone(precision):
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert matmul_peak(torch.device("cpu"), precision, side=64) > 0
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@pytest.mark.parametrize(
+    ("groups", "batches", "problem"),
+    [
+        ([], 20, "at least one group"),
+        ([1, 0], 20, "group size 0 is outside"),
+        ([4097], 20, "group size 4097 is outside"),
+        ([1], 0, "--batches: 0 is outside 1..469"),
+        ([1], 470, "--batches: 470 is outside 1..469"),
+    ],
+)
+def test_bad_groups_or_batches_are_usage_errors(groups, batches, problem, monkeypatch):
+    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
+    with pytest.raises(UsageError, match=problem):
+        run_benchmark(groups=groups, batches=batches, device_name="cpu", out=None, notebook=True)
+
+
+def test_an_unknown_device_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        run_benchmark(groups=[1], batches=1, device_name="cuda", out=None, notebook=True)
