@@ -57,6 +57,21 @@ def ray_instance():
     ray.shutdown()
 
 
+class RecordingTracker:
+    """A tracker that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[str, dict, int]] = []
+        self.ended: dict[str, tuple[str, list[str]]] = {}
+
+    def log_epoch(self, run, rid, row, layer_rows) -> None:
+        assert {r["run_id"] for r in layer_rows} == {rid}
+        self.epochs.append((rid, row, len(layer_rows)))
+
+    def end_run(self, run, rid, summary, arrays) -> None:
+        self.ended[rid] = (summary["status"], sorted(arrays))
+
+
 def quiet() -> Progress:
     return Progress(quiet=True)
 
@@ -167,11 +182,23 @@ def test_ray_and_local_finish_each_others_sweeps_with_the_same_numbers(
     # half done locally (seed 1), finished on Ray: only the seed-2 runs train there
     Sweep(replace(full, seeds=(1,)), tmp_path / "local_then_ray", progress=quiet()).execute()
     before, _, _ = stored(tmp_path / "local_then_ray")
-    outcome = RaySweep(full, tmp_path / "local_then_ray", progress=quiet()).execute()
+    tracker = RecordingTracker()
+    ray_sweep = RaySweep(full, tmp_path / "local_then_ray", progress=quiet(), trackers=[tracker])
+    outcome = ray_sweep.execute()
     assert (outcome.planned, outcome.skipped, outcome.trained, outcome.failed) == (4, 2, 2, 0)
-    after, _, _ = stored(tmp_path / "local_then_ray")
+    after, epochs, arrays = stored(tmp_path / "local_then_ray")
     for rid, run in before.items():
         assert after[rid]["finished_at"] == run["finished_at"]  # not trained again
+
+    # the trackers saw what the store got, for the runs trained on Ray only
+    trained = sorted(set(after) - set(before))
+    assert sorted({rid for rid, _, _ in tracker.epochs}) == trained
+    for rid, row, n_layers in tracker.epochs:
+        assert row == epochs[(rid, row["epoch"])]
+        assert n_layers == 7
+    assert sorted(tracker.ended) == trained
+    for rid, (status, keys) in tracker.ended.items():
+        assert (status, keys) == ("finished", sorted(arrays[rid]))
     assert_same_results(tmp_path / "local", tmp_path / "local_then_ray")
 
     # half done on Ray (seed 2), finished locally
@@ -232,6 +259,22 @@ def test_usage_error_in_a_task_stops_the_sweep_and_releases_the_runs(
         RaySweep(config, tmp_path / "out", progress=quiet()).execute()
     runs, epochs, _ = stored(tmp_path / "out")
     assert {r["status"] for r in runs.values()} == {"pending"}
+    assert epochs == {}
+
+
+@pytest.mark.slow
+def test_results_from_a_worker_with_other_code_are_refused(ray_instance, tiny_config, tmp_path):
+    def other_code_task(runs, dataset, device_name, threads):
+        return replace(train_group_task(runs, dataset, device_name, threads), code="0ther0c0de00")
+
+    class MixedCluster(RaySweep):
+        task_function = staticmethod(other_code_task)
+
+    config = replace(tiny_config, activations=("relu",), seeds=(1,))
+    with pytest.raises(UsageError, match="runs actrange numeric code 0ther0c0de00, this driver"):
+        MixedCluster(config, tmp_path / "out", progress=quiet()).execute()
+    runs, epochs, _ = stored(tmp_path / "out")
+    assert [r["status"] for r in runs.values()] == ["pending"]
     assert epochs == {}
 
 

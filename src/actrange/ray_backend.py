@@ -29,17 +29,16 @@ from actrange.engine import EpochReport, train_group
 from actrange.environment import resolve_device
 from actrange.errors import UsageError
 from actrange.exports import export_tables
+from actrange.identity import code_fingerprint
 from actrange.plan import Group
 from actrange.progress import Progress
-from actrange.store import DONE, Store, owner_token
+from actrange.store import Store, owner_token
 from actrange.sweep import (
     StopRequested,
     Sweep,
     SweepOutcome,
     Tracker,
     run_arrays,
-    run_rows,
-    run_summary,
     stop_on_signals,
 )
 
@@ -50,12 +49,17 @@ HEARTBEAT_SECONDS = 60.0  # claims are renewed this often, well inside the store
 
 @dataclass
 class GroupResult:
-    """What a task sends back: the group's epoch reports, each run's arrays, where it ran."""
+    """What a task sends back: the group's epoch reports, each run's arrays, where it ran.
+
+    ``code`` is the worker's numeric-code fingerprint: run ids name it, so a node with other
+    code must not add results under them.
+    """
 
     reports: list[EpochReport]
     arrays: list[dict[str, np.ndarray]]
     seconds: float
     device: str
+    code: str
 
 
 def train_group_task(
@@ -70,7 +74,8 @@ def train_group_task(
             the GPU Ray assigned to the task, if any).
         threads: CPU threads for torch (the task's CPU share); 0 leaves torch's default.
     Returns:
-        every epoch's report, each run's arrays, the training seconds and the device used.
+        every epoch's report, each run's arrays, the training seconds, the device used and
+        the worker's code fingerprint.
     """
     device = resolve_device(device_name)
     if threads > 0:
@@ -81,7 +86,7 @@ def train_group_task(
     state = train_group(runs, data, on_epoch=lambda report, _: reports.append(report))
     seconds = time.perf_counter() - started
     arrays = [run_arrays(state, g, reports[-1].confusion) for g in range(len(runs))]
-    return GroupResult(reports, arrays, seconds, str(device))
+    return GroupResult(reports, arrays, seconds, str(device), code_fingerprint())
 
 
 def import_ray() -> ModuleType:
@@ -193,30 +198,15 @@ class RaySweep(Sweep):
 
     def _execute_with(self, ray: ModuleType) -> SweepOutcome:
         started = time.perf_counter()
-        outcome = SweepOutcome(planned=len(self.runs))
         with Store(self.out_dir) as store, stop_on_signals() as flag:
-            self.register(store)
-            todo = self.pending_groups(store)
-            outcome.skipped = sum(r["status"] in DONE for r in store.runs(self.ids))
-            where = self._where(ray)
-            self.progress.sweep_started(len(self.runs), outcome.skipped, len(todo), where)
+            todo, outcome = self.begin(store, self._where(ray))
             owner = owner_token()
-            claimed = [g for g in (self._claim(store, g, owner, outcome) for g in todo) if g]
-            running = self._submit(ray, claimed)
+            claimed = [self.claim_group(store, g, owner, outcome) for g in todo]
+            running = self._submit(ray, [g for g in claimed if g is not None])
             self._collect(ray, store, running, owner, flag, outcome)
             export_tables(store, self.out_dir)
         outcome.seconds = time.perf_counter() - started
         return outcome
-
-    def _claim(self, store: Store, group: Group, owner: str, outcome: SweepOutcome) -> Group | None:
-        """The group's runs this process may train (as a smaller group if some are taken)."""
-        claimed = set(store.claim(list(group.run_ids), owner))
-        done = {r["run_id"] for r in store.runs(list(group.run_ids)) if r["status"] in DONE}
-        outcome.held_elsewhere += len(set(group.run_ids) - claimed - done)
-        if not claimed:
-            return None
-        keep = [i for i, rid in enumerate(group.run_ids) if rid in claimed]
-        return Group(tuple(group.runs[i] for i in keep), tuple(group.run_ids[i] for i in keep))
 
     def _submit(self, ray: ModuleType, groups: list[Group]) -> dict[Any, Group]:
         """Start one task per group; the data set goes to the object store once."""
@@ -262,8 +252,15 @@ class RaySweep(Sweep):
                     self._abandon(ray, store, running)
                     raise
                 except Exception as error:  # noqa: BLE001 - one broken group must not end the sweep
-                    self._fail(store, group, failure_reason(error), outcome)
+                    self.fail_group(store, group, failure_reason(error), outcome)
                     continue
+                if result.code != code_fingerprint():
+                    store.release(list(group.run_ids))
+                    self._abandon(ray, store, running)
+                    raise UsageError(
+                        f"a Ray worker runs actrange numeric code {result.code}, this driver "
+                        f"{code_fingerprint()}; install the same actrange on every node"
+                    )
                 self._store_result(store, group, result, outcome)
 
     def _abandon(self, ray: ModuleType, store: Store, running: dict[Any, Group]) -> None:
@@ -273,12 +270,6 @@ class RaySweep(Sweep):
             store.release(list(group.run_ids))
         running.clear()
 
-    def _fail(self, store: Store, group: Group, reason: str, outcome: SweepOutcome) -> None:
-        store.fail(list(group.run_ids), reason)
-        outcome.failed += len(group.runs)
-        outcome.failures.append(f"group {group.id}: {reason}")
-        self.progress.message(f"group {group.id} failed: {reason}")
-
     def _store_result(
         self, store: Store, group: Group, result: GroupResult, outcome: SweepOutcome
     ) -> None:
@@ -286,20 +277,9 @@ class RaySweep(Sweep):
         # epochs left by an interrupted local attempt are replaced: the task began at the seeds
         store.restart(list(group.run_ids), after_epoch=0)
         for report in result.reports:
-            rows, layer_rows = run_rows(group, report)
-            store.add_epoch(rows, layer_rows)
-            for run, rid, row in zip(group.runs, group.run_ids, rows, strict=True):
-                mine = [r for r in layer_rows if r["run_id"] == rid]
-                for tracker in self.trackers:
-                    tracker.log_epoch(run, rid, row, mine)
-            self.progress.epoch_done(group, report)
-        last = result.reports[-1]
-        for g, (run, rid) in enumerate(zip(group.runs, group.run_ids, strict=True)):
-            summary = run_summary(group, g, last, result.seconds, result.device)
-            store.finish(rid, summary, result.arrays[g])
-            for tracker in self.trackers:
-                tracker.end_run(run, rid, summary, result.arrays[g])
-            outcome.trained += 1
-            outcome.diverged += summary["status"] == "diverged"
+            self.write_epoch(store, group, report)
+        self.finish_runs(
+            store, group, result.reports[-1], result.arrays, result.seconds, result.device, outcome
+        )
         # a local checkpoint of this group is now stale
         self._checkpoint_path(group).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ run and recomputes the unfinished ones to the same numbers.
 import io
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +155,9 @@ class Sweep:
         configs = {}
         for run, rid in zip(self.runs, self.ids, strict=True):
             configs[rid] = {**run.identity(), "label": run.label, "n_params": N_PARAMS}
-        store.plan(configs, to_toml(self.config), environment)
+        # the file first: if the disk is full, the store is left exactly as it was
         write_atomically(self.out_dir / "config.toml", to_toml(self.config).encode())
+        store.plan(configs, to_toml(self.config), environment)
 
     def pending_groups(self, store: Store) -> list[Group]:
         """Groups with at least one run that is not done yet."""
@@ -178,45 +179,84 @@ class Sweep:
     def execute(self) -> SweepOutcome:
         """Train every unfinished run, export the tables, and say what happened."""
         started = time.perf_counter()
-        outcome = SweepOutcome(planned=len(self.runs))
         with Store(self.out_dir) as store, stop_on_signals() as flag:
-            self.register(store)
-            todo = self.pending_groups(store)
-            outcome.skipped = sum(r["status"] in DONE for r in store.runs(self.ids))
-            self.progress.sweep_started(len(self.runs), outcome.skipped, len(todo), self.device)
+            todo, outcome = self.begin(store, self.device)
+            owner = owner_token()
             for index, group in enumerate(todo, 1):
-                self._execute_group(store, group, index, len(todo), flag, outcome)
+                claimed = self.claim_group(store, group, owner, outcome)
+                if claimed is not None:
+                    self._execute_group(store, claimed, index, len(todo), flag, outcome)
             export_tables(store, self.out_dir)
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _execute_group(
-        self, store: Store, group: Group, index: int, total: int, flag: dict, outcome: SweepOutcome
-    ) -> None:
-        owner = owner_token()
+    def begin(self, store: Store, where: object) -> tuple[list[Group], SweepOutcome]:
+        """Register the experiment, find the groups left to train and announce them."""
+        self.register(store)
+        todo = self.pending_groups(store)
+        outcome = SweepOutcome(planned=len(self.runs))
+        outcome.skipped = sum(r["status"] in DONE for r in store.runs(self.ids))
+        self.progress.sweep_started(len(self.runs), outcome.skipped, len(todo), where)
+        return todo, outcome
+
+    def claim_group(
+        self, store: Store, group: Group, owner: str, outcome: SweepOutcome
+    ) -> Group | None:
+        """The group's runs this process may train: a smaller group when some are taken."""
         claimed = set(store.claim(list(group.run_ids), owner))
         done = {r["run_id"] for r in store.runs(list(group.run_ids)) if r["status"] in DONE}
         outcome.held_elsewhere += len(set(group.run_ids) - claimed - done)
         if not claimed:
-            return
-        if claimed != set(group.run_ids):
-            # some runs are done or held by another process: train the rest as a new group
-            keep = [i for i, rid in enumerate(group.run_ids) if rid in claimed]
-            group = Group(tuple(group.runs[i] for i in keep), tuple(group.run_ids[i] for i in keep))
+            return None
+        keep = [i for i, rid in enumerate(group.run_ids) if rid in claimed]
+        return Group(tuple(group.runs[i] for i in keep), tuple(group.run_ids[i] for i in keep))
+
+    def _execute_group(
+        self, store: Store, group: Group, index: int, total: int, flag: dict, outcome: SweepOutcome
+    ) -> None:
         try:
             self._train(store, group, index, total, flag, outcome)
-        except StopRequested:
-            store.release(list(group.run_ids))
-            raise
-        except UsageError:
+        except (StopRequested, UsageError):
             store.release(list(group.run_ids))
             raise
         except Exception as error:  # noqa: BLE001 - one broken group must not end the sweep
-            reason = f"{type(error).__name__}: {error}"
-            store.fail(list(group.run_ids), reason)
-            outcome.failed += len(group.runs)
-            outcome.failures.append(f"group {group.id}: {reason}")
-            self.progress.message(f"group {group.id} failed: {reason}")
+            self.fail_group(store, group, f"{type(error).__name__}: {error}", outcome)
+
+    def fail_group(self, store: Store, group: Group, reason: str, outcome: SweepOutcome) -> None:
+        """Mark a group's runs failed (the next sweep retries them) and say so."""
+        store.fail(list(group.run_ids), reason)
+        outcome.failed += len(group.runs)
+        outcome.failures.append(f"group {group.id}: {reason}")
+        self.progress.message(f"group {group.id} failed: {reason}")
+
+    def write_epoch(self, store: Store, group: Group, report: EpochReport) -> None:
+        """Store one epoch of a group, feed the trackers and show progress."""
+        rows, layer_rows = run_rows(group, report)
+        store.add_epoch(rows, layer_rows)
+        for run, rid, row in zip(group.runs, group.run_ids, rows, strict=True):
+            mine = [r for r in layer_rows if r["run_id"] == rid]
+            for tracker in self.trackers:
+                tracker.log_epoch(run, rid, row, mine)
+        self.progress.epoch_done(group, report)
+
+    def finish_runs(
+        self,
+        store: Store,
+        group: Group,
+        last: EpochReport,
+        arrays: list[dict[str, np.ndarray]],
+        seconds: float,
+        device: str,
+        outcome: SweepOutcome,
+    ) -> None:
+        """Mark each run of a group done with its summary and arrays."""
+        for g, (run, rid) in enumerate(zip(group.runs, group.run_ids, strict=True)):
+            summary = run_summary(group, g, last, seconds, device)
+            store.finish(rid, summary, arrays[g])
+            for tracker in self.trackers:
+                tracker.end_run(run, rid, summary, arrays[g])
+            outcome.trained += 1
+            outcome.diverged += summary["status"] == "diverged"
 
     def _checkpoint_path(self, group: Group) -> Path:
         return self.out_dir / "checkpoints" / f"{group.id}.pt"
@@ -246,54 +286,16 @@ class Sweep:
         started = time.perf_counter()
 
         def on_epoch(report: EpochReport, current: GroupState) -> None:
-            rows, layer_rows = run_rows(group, report)
-            store.add_epoch(rows, layer_rows)
-            for run, rid, row in zip(group.runs, group.run_ids, rows, strict=True):
-                mine = [r for r in layer_rows if r["run_id"] == rid]
-                for tracker in self.trackers:
-                    tracker.log_epoch(run, rid, row, mine)
-            self.progress.epoch_done(group, report)
+            self.write_epoch(store, group, report)
             last = report.epoch == group.runs[0].epochs
             if self.config.checkpoint and not last:
                 self._save_checkpoint(group, current)
             if last:
-                self._finish(store, group, report, current, time.perf_counter() - started, outcome)
+                arrays = [run_arrays(current, g, report.confusion) for g in range(len(group.runs))]
+                seconds = time.perf_counter() - started
+                self.finish_runs(store, group, report, arrays, seconds, str(self.device), outcome)
             elif flag["stop"]:
                 raise StopRequested
 
         train_group(list(group.runs), data, state=state, on_epoch=on_epoch)
         self._checkpoint_path(group).unlink(missing_ok=True)
-
-    def _finish(
-        self,
-        store: Store,
-        group: Group,
-        report: EpochReport,
-        state: GroupState,
-        seconds: float,
-        outcome: SweepOutcome,
-    ) -> None:
-        device = str(self.device)
-        for g, (run, rid) in enumerate(zip(group.runs, group.run_ids, strict=True)):
-            summary = run_summary(group, g, report, seconds, device)
-            arrays = run_arrays(state, g, report.confusion)
-            store.finish(rid, summary, arrays)
-            for tracker in self.trackers:
-                tracker.end_run(run, rid, summary, arrays)
-            outcome.trained += 1
-            outcome.diverged += summary["status"] == "diverged"
-
-
-def run_experiment(
-    config: ExperimentConfig,
-    out_dir: Path,
-    *,
-    progress: Progress,
-    trackers: list[Tracker] | None = None,
-    on_done: Callable[[Path], None] | None = None,
-) -> SweepOutcome:
-    """Execute ``config`` into ``out_dir`` with the local backend."""
-    outcome = Sweep(config, out_dir, progress=progress, trackers=trackers).execute()
-    if on_done is not None:
-        on_done(out_dir)
-    return outcome
