@@ -120,3 +120,22 @@ def test_switch_changes_the_activation_at_exactly_that_epoch(data):
     run = make_run("tanh", epochs=3, switch=Switch(2, "relu"))
     reports = collect([run], data)
     assert [r.activations[0] for r in reports] == ["tanh", "relu", "relu"]
+
+
+def test_a_switched_run_is_the_unswitched_one_until_the_switch(data):
+    plain = collect([make_run("tanh", seed=3, epochs=3)], data)
+    switched = collect([make_run("tanh", seed=3, epochs=3, switch=Switch(3, "relu"))], data)
+    for epoch in (0, 1):
+        assert switched[epoch].train_loss == plain[epoch].train_loss
+        assert repr(switched[epoch].layer_stats) == repr(plain[epoch].layer_stats)
+    assert switched[2].train_loss != plain[2].train_loss
+    assert math.isnan(plain[2].layer_stats[0]["conv1"]["dead_frac"])
+    assert not math.isnan(switched[2].layer_stats[0]["conv1"]["dead_frac"])
+
+
+def test_bf16_autocast_stays_close_to_fp32(data):
+    fp32 = collect([make_run("tanh", seed=4)], data)
+    bf16_run = RunConfig(**{**make_run("tanh", seed=4).__dict__, "precision": "bf16"})
+    bf16 = collect([bf16_run], data)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b.train_loss[0] == pytest.approx(a.train_loss[0], rel=0.02)

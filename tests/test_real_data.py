@@ -45,19 +45,24 @@ def test_a_short_training_learns_and_records(fashion):
         epochs=2,
         train_subset=6000,
     )
+    cpu = torch.device("cpu")
     reports = []
-    state = train_group(
-        [run], DeviceData(fashion, torch.device("cpu")), on_epoch=lambda r, s: reports.append(r)
-    )
+    state = train_group([run], DeviceData(fashion, cpu), on_epoch=lambda r, s: reports.append(r))
     assert reports[-1].test_accuracy[0] > 60.0  # chance is 10%
     assert reports[-1].train_loss[0] < reports[0].train_loss[0]
+
     units = {s.name: s.fan_out for s in LAYERS}
     positions = {"conv1": 784, "conv2": 196, "conv3": 49, "conv4": 25, "conv5": 9}
     for layer, samples in state.records[0].items():
         available = run.batch_size * units[layer] * positions.get(layer, 1)
         assert [tuple(s.shape) for s in samples] == [(min(5000, available),)] * 2
+
+    # training again from the seed gives the first epoch's numbers and samples bit for bit
     again = []
-    train_group(
-        [run], DeviceData(fashion, torch.device("cpu")), on_epoch=lambda r, s: again.append(r)
+    one_epoch = RunConfig(**{**run.__dict__, "epochs": 1})
+    rerun = train_group(
+        [one_epoch], DeviceData(fashion, cpu), on_epoch=lambda r, s: again.append(r)
     )
-    assert [r.train_loss for r in again] == [r.train_loss for r in reports]
+    assert again[0].train_loss == reports[0].train_loss
+    assert torch.equal(rerun.records[0]["conv1"][0], state.records[0]["conv1"][0])
+    assert repr(again[0].layer_stats) == repr(reports[0].layer_stats)

@@ -4,6 +4,7 @@ Every problem with the user's input ends as one line on stderr and exit status 2
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +99,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         (args.no_checkpoint, "checkpoint", False),
         (args.no_download, "download", False),
         (args.no_verify_data, "verify_data", False),
-        (args.compile, "compile", True),
     ):
         if flag:
             given[key] = value
@@ -122,7 +122,6 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--precision", help="fp32 (default), tf32 or bf16 (CUDA)")
     train.add_argument("--group-size", help="models trained together (0: from free memory)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the training step")
     train.add_argument("--no-checkpoint", action="store_true", help="no per-epoch checkpoints")
     place = run.add_argument_group("data, output, backends")
     place.add_argument("--out", default="results", help="result directory (default: results)")
@@ -247,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("actrange: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`actrange status DIR | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def default_config() -> ExperimentConfig:

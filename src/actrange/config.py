@@ -130,7 +130,6 @@ class ExperimentConfig:
     device: str = "auto"
     group_size: int = 0  # 0: chosen from the available memory
     checkpoint: bool = True
-    compile: bool = False
     accuracy_threshold: float = 80.0
     backend: str = "local"
     ray_address: str = ""
@@ -288,7 +287,6 @@ _SCALARS = {
     "device": lambda k, v: _parse_device(k, v),
     "group_size": lambda k, v: _as_int(k, v, 0, 4096),
     "checkpoint": _as_bool,
-    "compile": _as_bool,
     "accuracy_threshold": lambda k, v: _as_float(k, v, 0.0, 100.0),
     "backend": lambda k, v: _as_str(k, v, BACKENDS),
     "ray_address": lambda k, v: _as_str(k, v),
