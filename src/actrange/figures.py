@@ -58,12 +58,19 @@ def _seed_mean(values: np.ndarray) -> np.ndarray:
 
 
 def _mean_band(
-    ax, epochs: np.ndarray, values: np.ndarray, colour, label: str, log: bool = False
+    ax,
+    epochs: np.ndarray,
+    values: np.ndarray,
+    colour,
+    label: str,
+    log: bool = False,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
 ) -> None:
     """Seed mean over epochs with a 95% t interval where more than one seed has a value.
 
     With ``log`` the mean and band are taken over log10 values (a geometric mean), the natural
-    summary for quantities plotted on a log axis; non-positive values are left out.
+    summary for quantities plotted on a log axis; non-positive values are left out. The band
+    is clipped to ``bounds``: an accuracy interval from few seeds can reach past 0 or 100.
     """
     if log:
         values = np.log10(np.where(values > 0, values, np.nan))
@@ -75,7 +82,7 @@ def _mean_band(
         (deviations**2).sum(axis=0), counts - 1, out=np.zeros(len(epochs)), where=counts > 1
     )
     half = stats.t.ppf(0.975, np.maximum(counts - 1, 1)) * np.sqrt(spread / np.maximum(counts, 1))
-    low, high = mean - half, mean + half
+    low, high = np.clip(mean - half, *bounds), np.clip(mean + half, *bounds)
     if log:
         mean, low, high = 10**mean, 10**low, 10**high
     ax.plot(epochs, mean, marker="o", markersize=3, color=colour, label=label)
@@ -98,6 +105,10 @@ def _epoch_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
+# what a per-epoch quantity can never go beyond, so its band is drawn inside it
+_BOUNDS = {"test_accuracy": (0.0, 100.0), "train_loss": (0.0, np.inf), "test_loss": (0.0, np.inf)}
+
+
 def _epoch_curves(
     runs: Sequence[dict], epochs: Sequence[dict], lo: float, hi: float, column: str, ylabel: str
 ) -> Figure:
@@ -109,7 +120,7 @@ def _epoch_curves(
     for i, cell in enumerate(cells):
         x, values = series([by_run.get((run_id,), {}) for run_id in cell.run_ids], column)
         label = f"{cell.name(with_lr)} (n={len(cell.run_ids)})"
-        _mean_band(ax, x, values, _colour(i), label)
+        _mean_band(ax, x, values, _colour(i), label, bounds=_BOUNDS.get(column, (-np.inf, np.inf)))
         _mark_switch(ax, cell, _colour(i))
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} by epoch, inputs in {format_range(lo, hi)}")
