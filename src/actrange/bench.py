@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -165,9 +166,11 @@ class NotebookDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        # torchvision's FashionMNIST hands ToTensor a PIL image, which it copies back to an array
+        picture = Image.fromarray(self.images[index])  # a 2-D uint8 array is mode "L"
+        pixels = torch.from_numpy(np.array(picture, np.uint8, copy=True))  # uint8 [28, 28]
         # ToTensor: HxW -> HxWx1 -> 1xHxW, made contiguous, then scaled to [0, 1]
-        pixels = self.images[index][:, :, None].transpose(2, 0, 1)  # uint8 [1, 28, 28]
-        image = torch.from_numpy(pixels).contiguous().to(torch.float32).div(255)
+        image = pixels.view(28, 28, 1).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
         # Normalize, not in place: a copy, shifted and scaled
         return image.clone().sub_(self.mean).div_(self.std), int(self.labels[index])
 
@@ -438,12 +441,9 @@ def _checked_groups(groups: list[int], batches: int) -> list[int]:
 def _measure_all(dataset: FashionMNIST, settings: dict, device: torch.device) -> list[Line]:
     """(a) if asked, (b), (c) per group, and on CUDA (c) in tf32 and bf16 for the largest."""
     groups, batches = settings["groups"], settings["batches"]
-    lines = []
-    if settings["notebook"]:
-        _say("(a) notebook pipeline")
-        lines.append(measure_notebook(dataset, batches, device, settings["workers"]))
+    defaults = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     _say("(b) in-memory StudyCNN")
-    lines.append(measure_in_memory(dataset, batches, device))
+    lines = [measure_in_memory(dataset, batches, device)]
     data = DeviceData(dataset, device)
     plan = [(group, "fp32") for group in groups]
     if device.type == "cuda":
@@ -451,6 +451,12 @@ def _measure_all(dataset: FashionMNIST, settings: dict, device: torch.device) ->
     for group, precision in plan:
         _say(f"(c) engine G={group} {precision}")
         lines.append(measure_engine(data, group, batches, precision))
+    # (a) last: its loader's worker processes were seen to slow the lines measured after it
+    # threefold on a 2-core machine, even once closed
+    if settings["notebook"]:
+        _say("(a) notebook pipeline")
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = defaults
+        lines.insert(0, measure_notebook(dataset, batches, device, settings["workers"]))
     return lines
 
 
@@ -486,8 +492,8 @@ def run_benchmark(
     dataset = load_fashion_mnist()
     settings = {"groups": groups, "batches": batches, "notebook": notebook, "workers": workers}
 
-    # (a) and (b) run first, under PyTorch's default TF32 flags as the notebook did; the engine
-    # sets the flags for its precision, so they are put back afterwards
+    # the engine sets the TF32 flags for its precision; they are put back afterwards so that (a)
+    # and (b) run under PyTorch's defaults, as the notebook did
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         lines = _measure_all(dataset, settings, device)

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("directory")
 
     bench = commands.add_parser("bench", help="measure training speed (JSON + table)")
-    bench.add_argument("--out", default=None, help="write the JSON here too")
+    bench.add_argument("--out", default=None, help="write the JSON document here")
     bench.add_argument("--groups", default="1,4,16", help="group sizes to measure")
     bench.add_argument("--batches", default="20", help="training steps timed per measurement")
     bench.add_argument("--device", default="auto")
