@@ -94,7 +94,8 @@ def test_verdict_comes_first_with_the_numbers_of_both_halves(report):
     _, html, _ = report
     assert _parsed(html).headings[0] == "Verdict"
     narrow = (
-        "At [-1, 1], Tanh reached 86.0% (95% CI 83.5–88.5, n=3) and ReLU 81.0% (78.5–83.5, n=3): "
+        "At [-1, 1], Tanh reached 86.0% (95% CI 83.5–88.5, n=3) "
+        "and ReLU 81.0% (78.5–83.5, n=3): "
         "Tanh is ahead by 5.0 points (2.7–7.3; Welch t(4.0) = 6.1"
     )
     wide = "At [-5, 5], Tanh reached 71.0% (95% CI 68.5–73.5, n=3) and ReLU 60.0% ("

@@ -131,7 +131,7 @@ def _arm(cell: CellSummary, lr_selected: bool, first: bool) -> str:
 
 
 def _difference(rc: RangeComparison) -> str:
-    """The difference told from the leader's side: "Tanh is ahead by 2.2 points (1.3–3.1; ...)"."""
+    """The difference told from the leader's side: "Tanh is ahead by 2.2 points (1.3–3.1)"."""
     c = rc.comparison
     if math.isnan(c.diff):
         return "no difference can be computed"
