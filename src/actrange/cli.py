@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from actrange.config import ExperimentConfig, preset_names, resolve
+from actrange.config import preset_names, resolve
 from actrange.errors import UsageError
 
 EXIT_USAGE = 2
@@ -250,11 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader went away (`actrange status DIR | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def default_config() -> ExperimentConfig:
-    """The study as written, as `actrange run` with no options runs it."""
-    return ExperimentConfig()
 
 
 if __name__ == "__main__":

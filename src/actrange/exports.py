@@ -107,8 +107,3 @@ def export_tables(store: Store, directory: Path) -> ResultSet:
     environment = json.dumps(results.environment, indent=2).encode()
     write_atomically(directory / "environment.json", environment)
     return results
-
-
-def is_finite(value: Any) -> bool:
-    """True for a finite number (None and NaN are not)."""
-    return isinstance(value, int | float) and math.isfinite(value)
