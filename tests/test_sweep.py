@@ -156,3 +156,17 @@ def test_sigterm_stops_cleanly_and_the_rest_resumes(reference, data_dir, tmp_pat
         assert "stopped" in stderr
     assert subprocess.run(command, env=_env(), timeout=180).returncode == 0
     assert results_of(out) == results_of(reference)
+
+
+def test_switch_runs_end_to_end(data_dir, tmp_path):
+    out = tmp_path / "switch"
+    args = tiny_args(data_dir, out, "--activations", "tanh", "--switch", "none,2:relu")
+    assert main([*args, "--seeds", "0"]) == 0
+    runs, epochs, layers = results_of(out)
+    labels = sorted(r["activation"] for r in runs)
+    assert labels == ["tanh", "tanh", "tanh>relu@2", "tanh>relu@2"]
+    switched = {r["run_id"] for r in runs if r["activation"] == "tanh>relu@2"}
+    in_force = [(int(e["epoch"]), e["activation"]) for e in epochs if e["run_id"] in switched]
+    assert sorted(set(in_force)) == [(1, "tanh"), (2, "relu"), (3, "relu")]
+    dead = [row["dead_frac"] for row in layers if row["run_id"] in switched]
+    assert dead.count("nan") == 7 * 2  # epoch 1 of both ranges: dead units mean nothing for tanh
