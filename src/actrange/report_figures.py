@@ -166,6 +166,13 @@ def heatmap_section(data: ReportData, writer: FigureWriter) -> list[Block]:
     ]
 
 
+# the per-range training curves: file stem, figure function, what the caption calls it
+_CURVE_FIGURES = (
+    ("loss", loss_curves, "Training loss"),
+    ("accuracy", accuracy_curves, "Test accuracy"),
+)
+
+
 def curves_section(data: ReportData, writer: FigureWriter) -> list[Block]:
     """Loss and accuracy curves per range, mean over seeds with a 95% band."""
     if not data.ranges:
@@ -174,20 +181,11 @@ def curves_section(data: ReportData, writer: FigureWriter) -> list[Block]:
     for rng in data.ranges:
         slug, shown = range_slug(rng), format_range(*rng)
         blocks.append(Heading(f"Inputs in {shown}", 3))
-        blocks.append(
-            writer.add(
-                f"loss_{slug}",
-                f"Training loss per epoch at {shown}: mean over seeds with its 95% t band.",
-                partial(loss_curves, data.runs, data.epochs, *rng),
+        for stem, draw, text in _CURVE_FIGURES:
+            caption = f"{text} per epoch at {shown}: mean over seeds with its 95% t band."
+            blocks.append(
+                writer.add(f"{stem}_{slug}", caption, partial(draw, data.runs, data.epochs, *rng))
             )
-        )
-        blocks.append(
-            writer.add(
-                f"accuracy_{slug}",
-                f"Test accuracy per epoch at {shown}: mean over seeds with its 95% t band.",
-                partial(accuracy_curves, data.runs, data.epochs, *rng),
-            )
-        )
     return blocks
 
 
