@@ -98,7 +98,7 @@ def test_closing_sentence_names_the_fastest_line_other_than_the_notebook():
 def test_notebook_dataset_converts_like_totensor_and_normalize():
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     images[0, 0, 0], images[0, 0, 1], images[1, 5, 7] = 255, 51, 102
-    dataset = NotebookDataset(images, np.array([3, 9]), mean=0.5, std=0.5)
+    dataset = NotebookDataset(torch.from_numpy(images), torch.tensor([3, 9]), mean=0.5, std=0.5)
 
     image, label = dataset[0]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32

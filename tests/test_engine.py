@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from actrange import engine
+from actrange.activations import ACTIVATIONS
 from actrange.config import PixelRange, RunConfig, Switch
 from actrange.devicedata import DeviceData
 from actrange.engine import derive_seed, train_group
@@ -78,6 +80,45 @@ def test_group_matches_each_model_trained_alone(data):
         alone = train_alone_reference(run, data)
         grouped = [r.train_loss[g] for r in reports]
         assert grouped == pytest.approx(alone, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_monotone_flag_says_whether_the_function_never_decreases(name):
+    # the engine pools before a monotone activation, so a wrong flag would change results
+    grid = torch.linspace(-8, 8, 20_001)
+    values = ACTIVATIONS[name].fn(grid)
+    never_decreases = bool((values[1:] >= values[:-1]).all())
+    assert ACTIVATIONS[name].monotone == never_decreases
+
+
+def test_group_forward_and_gradients_match_the_plain_model_for_every_activation():
+    names = sorted(ACTIVATIONS)  # monotone and not, so both pooling orders are exercised
+    per_model = [initial_parameters(seed) for seed in range(len(names))]
+    images = torch.randn(len(names), 6, 28, 28, generator=torch.Generator().manual_seed(0))
+    params = {k: v.requires_grad_(True) for k, v in stack_parameters(per_model).items()}
+    logits = group_forward(params, to_group_layout(images), activation_plan(names))
+    logits.square().sum().backward()
+    for g, name in enumerate(names):
+        model = StudyCNN(name)
+        model.load_state_dict(per_model[g])
+        alone = model(images[g][:, None])
+        alone.square().sum().backward()
+        torch.testing.assert_close(logits[g], alone, rtol=1e-5, atol=1e-5)
+        conv1 = params["conv1.weight"].grad[g * 8 : (g + 1) * 8]
+        torch.testing.assert_close(conv1, model.conv1.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_does_not_depend_on_its_chunk_size(data, monkeypatch):
+    runs = [make_run("relu", seed=1), make_run("tanh", -5, 5, seed=2)]
+    state = engine.initial_state(runs, CPU)
+    range_index = data.range_indices([r.range for r in runs])
+    plan = activation_plan(["relu", "tanh"])
+    whole = engine.evaluate(state, data, range_index, plan, confusion=True)
+    monkeypatch.setitem(engine.EVAL_CHUNK, "cpu", 7)  # 40 test images: six chunks, one short
+    chunked = engine.evaluate(state, data, range_index, plan, confusion=True)
+    torch.testing.assert_close(chunked[0], whole[0], rtol=1e-6, atol=0)
+    assert torch.equal(chunked[1], whole[1]) and torch.equal(chunked[2], whole[2])
+    assert whole[2].sum() == 2 * 40
 
 
 def test_member_numbers_do_not_depend_on_the_rest_of_the_group(data):

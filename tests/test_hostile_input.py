@@ -67,6 +67,9 @@ CASES = {
     "seeds not integers": (["--seeds", "a,b"], "--seeds: 'a' is not an integer"),
     "unknown option": (["--colour", "red"], "unrecognized arguments"),
     "no cuda here": (["--device", "cuda:7"], "device 'cuda:7'"),
+    "workers < 1": (["--workers", "0"], "'workers'"),
+    "workers with ray": (["--workers", "2", "--backend", "ray"], "for the local backend"),
+    "workers with mlflow": (["--workers", "2", "--mlflow"], "cannot log to MLflow"),
 }
 
 

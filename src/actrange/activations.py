@@ -23,12 +23,15 @@ class Activation:
         family: "saturating" (bounded: tanh, sigmoid, softsign) or "rectifying"
             (the negative side is cut or squashed: relu and its relatives).
         bounds: (low, high) output bounds of a saturating activation, else None.
+        monotone: never decreasing, so it commutes with max-pooling: pooling first gives the
+            same values and gradients with a quarter of the activation work.
     """
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     family: str
     bounds: tuple[float, float] | None = None
+    monotone: bool = True
 
 
 def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
@@ -41,8 +44,8 @@ ACTIVATIONS: dict[str, Activation] = {
     for a in [
         Activation("relu", torch.relu, "rectifying"),
         Activation("tanh", torch.tanh, "saturating", (-1.0, 1.0)),
-        Activation("gelu", F.gelu, "rectifying"),
-        Activation("silu", F.silu, "rectifying"),
+        Activation("gelu", F.gelu, "rectifying", monotone=False),
+        Activation("silu", F.silu, "rectifying", monotone=False),
         Activation("leaky_relu", _leaky_relu, "rectifying"),
         Activation("elu", F.elu, "rectifying"),
         Activation("sigmoid", torch.sigmoid, "saturating", (0.0, 1.0)),

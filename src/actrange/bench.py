@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -149,30 +150,48 @@ def _peak_memory(device: torch.device) -> int:
 
 
 class NotebookDataset(Dataset):
-    """Images served one at a time, converted as torchvision's ToTensor + Normalize would.
+    """Images served one at a time as torchvision's FashionMNIST + ToTensor + Normalize serve them.
+
+    Each step below is one torchvision takes for every sample (torchvision itself is not a
+    dependency), so the per-sample cost is the notebook's.
 
     Args:
-        images: uint8 [N, 28, 28] numpy array.
-        labels: int64 [N] numpy array.
+        images: uint8 [N, 28, 28] tensor (torchvision keeps the training set as one).
+        labels: int64 [N] tensor.
         mean, std: Normalize's parameters; (0.5, 0.5) maps pixels to [-1, 1].
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> None:
         self.images, self.labels = images, labels
-        self.mean = torch.tensor([mean]).view(-1, 1, 1)  # [1, 1, 1]
-        self.std = torch.tensor([std]).view(-1, 1, 1)
+        self.transforms = [_to_tensor, partial(_normalize, mean=(mean,), std=(std,))]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        # torchvision's FashionMNIST hands ToTensor a PIL image, which it copies back to an array
-        picture = Image.fromarray(self.images[index])  # a 2-D uint8 array is mode "L"
-        pixels = torch.from_numpy(np.array(picture, np.uint8, copy=True))  # uint8 [28, 28]
-        # ToTensor: HxW -> HxWx1 -> 1xHxW, made contiguous, then scaled to [0, 1]
-        image = pixels.view(28, 28, 1).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-        # Normalize, not in place: a copy, shifted and scaled
-        return image.clone().sub_(self.mean).div_(self.std), int(self.labels[index])
+        image, label = self.images[index], int(self.labels[index])
+        picture = Image.fromarray(image.numpy())  # a 2-D uint8 array is mode "L"
+        for transform in self.transforms:  # Compose
+            picture = transform(picture)
+        return picture, label
+
+
+def _to_tensor(picture: Image.Image) -> torch.Tensor:
+    """ToTensor on a mode "L" PIL image: copied to an array, HWC -> CHW, scaled to [0, 1]."""
+    pixels = torch.from_numpy(np.array(picture, np.uint8, copy=True))  # uint8 [28, 28]
+    width, height = picture.size
+    image = pixels.view(height, width, len(picture.getbands())).permute((2, 0, 1)).contiguous()
+    return image.to(dtype=torch.get_default_dtype()).div(255)
+
+
+def _normalize(image: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """Normalize, not in place: a copy; mean and std made tensors and checked on every call."""
+    image = image.clone()
+    mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)
+    std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)
+    if (std_t == 0).any():
+        raise ValueError("std evaluated to zero")
+    return image.sub_(mean_t.view(-1, 1, 1)).div_(std_t.view(-1, 1, 1))
 
 
 def _cycle(make: Callable[[], Iterator]) -> Iterator:
@@ -205,8 +224,9 @@ def measure_notebook(
     dataset: FashionMNIST, batches: int, device: torch.device, workers: int
 ) -> Line:
     """(a) DataLoader(shuffle, ``workers`` processes) over per-sample conversion, StudyCNN, SGD."""
-    images, labels = dataset.train_images.numpy(), dataset.train_labels.numpy()
-    pixels = NotebookDataset(images, labels, NOTEBOOK_RANGE.mean, NOTEBOOK_RANGE.std)
+    pixels = NotebookDataset(
+        dataset.train_images, dataset.train_labels, NOTEBOOK_RANGE.mean, NOTEBOOK_RANGE.std
+    )
     loader = DataLoader(pixels, batch_size=BATCH, shuffle=True, num_workers=workers)
     _reset_peak_memory(device)
     source = _cycle(lambda: iter(loader))

@@ -82,7 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         given["lrs"] = [_number(s, "--lr") for s in _split(args.lrs)]
     if args.switch is not None:
         given["switches"] = _switches(args.switch)
-    for key in ("epochs", "batch_size", "train_subset", "group_size", "record_values"):
+    for key in ("epochs", "batch_size", "train_subset", "group_size", "record_values", "workers"):
         value = getattr(args, key)
         if value is not None:
             given[key] = _integer(value, f"--{key.replace('_', '-')}")
@@ -123,6 +123,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     train.add_argument("--precision", help="fp32 (default), tf32 or bf16 (CUDA)")
     train.add_argument("--group-size", help="models trained together (0: from free memory)")
     train.add_argument("--no-checkpoint", action="store_true", help="no per-epoch checkpoints")
+    train.add_argument("--workers", help="local training processes, cores shared (default 1)")
     place = run.add_argument_group("data, output, backends")
     place.add_argument("--out", default="results", help="result directory (default: results)")
     place.add_argument("--data", help="directory holding the Fashion-MNIST files")

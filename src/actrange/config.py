@@ -129,6 +129,7 @@ class ExperimentConfig:
     precision: str = "fp32"
     device: str = "auto"
     group_size: int = 0  # 0: chosen from the available memory
+    workers: int = 1  # local training processes sharing the result directory
     checkpoint: bool = True
     accuracy_threshold: float = 80.0
     backend: str = "local"
@@ -286,6 +287,7 @@ _SCALARS = {
     "precision": lambda k, v: _as_str(k, v, PRECISIONS),
     "device": lambda k, v: _parse_device(k, v),
     "group_size": lambda k, v: _as_int(k, v, 0, 4096),
+    "workers": lambda k, v: _as_int(k, v, 1, 64),
     "checkpoint": _as_bool,
     "accuracy_threshold": lambda k, v: _as_float(k, v, 0.0, 100.0),
     "backend": lambda k, v: _as_str(k, v, BACKENDS),
@@ -349,6 +351,10 @@ def _check_consistency(config: ExperimentConfig) -> None:
                 f"switch at epoch {switch.epoch} never happens in a {config.epochs}-epoch run; "
                 f"give an epoch in 2..{config.epochs}"
             )
+    if config.workers > 1 and config.backend != "local":
+        raise UsageError("workers > 1 is for the local backend; Ray places its own tasks")
+    if config.workers > 1 and config.mlflow:
+        raise UsageError("workers > 1 cannot log to MLflow yet: its store takes one writer")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -28,7 +28,10 @@ from actrange.grouped import (
 )
 from actrange.model import LAYERS, initial_parameters
 
-EVAL_CHUNK = 2000  # test images per evaluation step; bounds memory, not results
+# test images per model in one evaluation step; it bounds memory and time, not results. On a CPU
+# a small chunk keeps the group's feature maps in cache (128 was 2.5x faster than 2000 for a group
+# of 8); a GPU wants large steps.
+EVAL_CHUNK = {"cpu": 128, "cuda": 2000}
 N_CLASSES = 10
 
 
@@ -225,8 +228,9 @@ def evaluate(
     loss_sum = torch.zeros(group, device=labels_all.device, dtype=torch.float64)
     correct = torch.zeros(group, device=labels_all.device, dtype=torch.int64)
     counts = torch.zeros(group, N_CLASSES * N_CLASSES, device=labels_all.device, dtype=torch.int64)
-    for start in range(0, n, EVAL_CHUNK):
-        stop = min(start + EVAL_CHUNK, n)
+    chunk = EVAL_CHUNK.get(labels_all.device.type, EVAL_CHUNK["cuda"])
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         images = data.test_images[range_index, start:stop]  # [G, b, 28, 28]
         labels = labels_all[start:stop]  # [b]
         logits = group_forward(state.params, to_group_layout(images), plan).float()  # [G, b, 10]

@@ -5,6 +5,7 @@ G models with the same architecture become one computation: convolutions are gro
 matrix products. Nothing mixes across models, so each model computes what it would alone.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,10 +82,32 @@ def per_model_view(stacked: torch.Tensor, group: int) -> torch.Tensor:
 
 def _activate(x: torch.Tensor, plan: list[Segment], dim: int, width: int) -> torch.Tensor:
     """Apply each segment's activation to its models' slice of ``x`` along ``dim``."""
+    return _per_segment(x, plan, dim, width, lambda a, part: a.fn(part))
+
+
+def _activate_and_pool(x: torch.Tensor, plan: list[Segment], width: int) -> torch.Tensor:
+    """Activation then 2x2 max-pool of [B, G*C, H, W]; pooled first where that is the same."""
+
+    def one_segment(activation: Activation, part: torch.Tensor) -> torch.Tensor:
+        if activation.monotone:
+            return activation.fn(F.max_pool2d(part, 2))
+        return F.max_pool2d(activation.fn(part), 2)
+
+    return _per_segment(x, plan, 1, width, one_segment)
+
+
+def _per_segment(
+    x: torch.Tensor,
+    plan: list[Segment],
+    dim: int,
+    width: int,
+    fn: Callable[[Activation, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``fn(activation, slice)`` on each segment's models' slice of ``x`` along ``dim``, joined."""
     if len(plan) == 1:
-        return plan[0].activation.fn(x)
+        return fn(plan[0].activation, x)
     parts = [
-        s.activation.fn(x.narrow(dim, s.start * width, (s.stop - s.start) * width)) for s in plan
+        fn(s.activation, x.narrow(dim, s.start * width, (s.stop - s.start) * width)) for s in plan
     ]
     return torch.cat(parts, dim)
 
@@ -116,9 +139,10 @@ def group_forward(
                 record[spec.name] = (
                     x.detach().view(batch, group, spec.fan_out, h, w_).transpose(0, 1)
                 )
-            x = _activate(x, plan, dim=1, width=spec.fan_out)
             if spec.pool:
-                x = F.max_pool2d(x, 2)
+                x = _activate_and_pool(x, plan, width=spec.fan_out)
+            else:
+                x = _activate(x, plan, dim=1, width=spec.fan_out)
             continue
 
         if spec.name == "lin1":

@@ -4,6 +4,7 @@ Groups are cut from the whole experiment in a fixed order, so an interrupted swe
 started again meets the same groups and computes the same numbers.
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -61,6 +62,16 @@ def choose_group_size(device: torch.device, batch_size: int, requested: int = 0)
     fits = max(1, available_memory(device) // 2 // per_model)
     cap = GPU_GROUP_CAP if device.type == "cuda" else CPU_GROUP
     return int(min(fits, cap))
+
+
+def balanced_group_size(n_runs: int, workers: int, cap: int) -> int:
+    """The largest size <= ``cap`` that gives every worker the same number of groups, or close.
+
+    20 runs, 2 workers, cap 8: 4 groups of 5 (two each), not 8 + 8 + 4 (one worker idle at the end).
+    """
+    per_round = workers * cap
+    rounds = max(1, math.ceil(n_runs / per_round))
+    return max(1, min(cap, math.ceil(n_runs / (workers * rounds))))
 
 
 def make_groups(runs: list[RunConfig], group_size: int) -> list[Group]:

@@ -18,9 +18,15 @@ class Progress:
     """Progress reporting for a sweep. All output goes to ``stream`` (stderr by default)."""
 
     def __init__(
-        self, *, quiet: bool = False, stream: TextIO | None = None, bar: bool | None = None
+        self,
+        *,
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
+        prefix: str = "",
     ):
         self.quiet = quiet
+        self.prefix = prefix  # names the process when several write to one terminal
         self.stream = stream or sys.stderr
         self.use_bar = (not quiet) and (self.stream.isatty() if bar is None else bar)
         self._bar: tqdm | None = None
@@ -28,6 +34,7 @@ class Progress:
     def _write(self, text: str) -> None:
         if self.quiet:
             return
+        text = self.prefix + text
         if self._bar is not None:
             self._bar.write(text, file=self.stream)
         else:

@@ -40,17 +40,26 @@ def _summary_line(outcome: SweepOutcome, out_dir: Path) -> str:
     return f"done   {', '.join(parts)} in {outcome.seconds:.1f} s -> {out_dir}"
 
 
-def execute(config: ExperimentConfig, out_dir: Path, *, progress: Progress, report: bool) -> int:
-    """Run ``config`` into ``out_dir``; return the exit status."""
-    trackers = make_trackers(config, out_dir)
+def _train(
+    config: ExperimentConfig, out_dir: Path, progress: Progress, trackers: list[Tracker]
+) -> SweepOutcome:
+    """The sweep on the configured backend."""
     if config.backend == "ray":
         from actrange.ray_backend import RaySweep
 
-        sweep: Sweep = RaySweep(config, out_dir, progress=progress, trackers=trackers)
-    else:
-        sweep = Sweep(config, out_dir, progress=progress, trackers=trackers)
+        return RaySweep(config, out_dir, progress=progress, trackers=trackers).execute()
+    if config.workers > 1:
+        from actrange.workers import execute_with_workers
+
+        return execute_with_workers(config, out_dir, progress=progress, trackers=trackers)
+    return Sweep(config, out_dir, progress=progress, trackers=trackers).execute()
+
+
+def execute(config: ExperimentConfig, out_dir: Path, *, progress: Progress, report: bool) -> int:
+    """Run ``config`` into ``out_dir``; return the exit status."""
+    trackers = make_trackers(config, out_dir)
     try:
-        outcome = sweep.execute()
+        outcome = _train(config, out_dir, progress, trackers)
     except StopRequested:
         # said even with --quiet: the person who stopped the sweep needs to know what is kept
         print(f"stopped: finished runs and checkpoints are kept in {out_dir}", file=sys.stderr)

@@ -26,7 +26,7 @@ from actrange.errors import UsageError
 from actrange.exports import export_tables
 from actrange.identity import code_version, run_id
 from actrange.model import N_PARAMS
-from actrange.plan import Group, choose_group_size, make_groups
+from actrange.plan import Group, balanced_group_size, choose_group_size, make_groups
 from actrange.progress import Progress
 from actrange.store import DONE, Store, owner_token, write_atomically
 
@@ -144,6 +144,8 @@ class Sweep:
         self.runs = config.runs()
         self.ids = [run_id(r) for r in self.runs]
         size = choose_group_size(self.device, config.batch_size, config.group_size)
+        if config.workers > 1 and config.group_size == 0:
+            size = balanced_group_size(len(self.runs), config.workers, size)
         self.groups = make_groups(self.runs, size)
         self._data: DeviceData | None = None
 
@@ -176,8 +178,9 @@ class Sweep:
 
     # -- execution -----------------------------------------------------------------------------
 
-    def execute(self) -> SweepOutcome:
-        """Train every unfinished run, export the tables, and say what happened."""
+    def execute(self, *, export: bool = True) -> SweepOutcome:
+        """Train every unfinished run this process can claim, export the tables (unless another
+        process will), and say what happened."""
         started = time.perf_counter()
         with Store(self.out_dir) as store, stop_on_signals() as flag:
             todo, outcome = self.begin(store, self.device)
@@ -186,7 +189,8 @@ class Sweep:
                 claimed = self.claim_group(store, group, owner, outcome)
                 if claimed is not None:
                     self._execute_group(store, claimed, index, len(todo), flag, outcome)
-            export_tables(store, self.out_dir)
+            if export:
+                export_tables(store, self.out_dir)
         outcome.seconds = time.perf_counter() - started
         return outcome
 
