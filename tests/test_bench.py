@@ -21,7 +21,7 @@ from actrange.bench import (
 from actrange.data import normalise
 from actrange.devicedata import DeviceData
 from actrange.errors import UsageError
-from tests.helpers import synthetic_dataset
+from tests.helpers import REAL_DATA, synthetic_dataset
 
 # forward multiply-adds x 2 per layer: conv1 28*28*8*9 = 56,448, conv2 14*14*16*8*9 = 225,792,
 # conv3 7*7*32*16*9 = 225,792, conv4 5*5*64*32*9 = 460,800, conv5 3*3*64*64*9 = 331,776,
@@ -191,3 +191,26 @@ def test_an_unknown_device_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(bench, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
     with pytest.raises(UsageError, match="CUDA is not available"):
         run_benchmark(groups=[1], batches=1, device_name="cuda", out=None, notebook=True)
+
+
+@pytest.mark.slow
+def test_the_processes_line_trains_both_processes_and_adds_up_their_models(tmp_path):
+    # the worker processes are spawned, so they load the real data (CI installs it)
+    assert REAL_DATA.exists(), f"{REAL_DATA} is missing: apt-get install dataset-fashion-mnist"
+    out = tmp_path / "speed.json"
+    status = run_benchmark(
+        groups=[1],
+        batches=1,
+        device_name="cpu",
+        out=out,
+        notebook=False,
+        processes=2,
+        process_group=2,
+    )
+    assert status == 0
+    lines = json.loads(out.read_text())["lines"]
+    assert [line["name"] for line in lines][-1] == "(c) engine 2 processes x G=2"
+    together = lines[-1]
+    assert together["group"] == 4 and together["steps"] == 1
+    assert together["statistics_seconds"] > 0 and together["evaluation_seconds"] > 0
+    assert together["seconds_per_model_epoch"] > 0 and together["peak_memory_bytes"] > 0

@@ -471,6 +471,12 @@ def _measure_all(dataset: FashionMNIST, settings: dict, device: torch.device) ->
     for group, precision in plan:
         _say(f"(c) engine G={group} {precision}")
         lines.append(measure_engine(data, group, batches, precision))
+    processes, process_group = settings["processes"], settings["process_group"]
+    if processes > 1:
+        from actrange.bench_workers import measure_workers  # it imports this module
+
+        _say(f"(c) engine {processes} processes x G={process_group}")
+        lines.append(measure_workers(processes, process_group, batches, device))
     # (a) last: its loader's worker processes were seen to slow the lines measured after it
     # threefold on a 2-core machine, even once closed
     if settings["notebook"]:
@@ -492,6 +498,8 @@ def run_benchmark(
     out: Path | None,
     notebook: bool,
     workers: int = NOTEBOOK_WORKERS,
+    processes: int = 0,
+    process_group: int = 4,
 ) -> int:
     """Measure every line, print the report, and write the JSON document to ``out`` if given.
 
@@ -502,6 +510,9 @@ def run_benchmark(
         out: where to write the JSON document; None writes none.
         notebook: measure line (a), the notebook's DataLoader pipeline.
         workers: loader processes of line (a); the notebook used 2.
+        processes: if 2 or more, also measure that many engine processes side by side, the
+            cores shared out as ``actrange run --workers`` does, each with a group of
+            ``process_group`` models.
     Returns:
         the exit status, 0.
     Raises:
@@ -510,7 +521,16 @@ def run_benchmark(
     groups = _checked_groups(groups, batches)
     device = resolve_device(device_name)
     dataset = load_fashion_mnist()
-    settings = {"groups": groups, "batches": batches, "notebook": notebook, "workers": workers}
+    if processes > 1:
+        _checked_groups([process_group], batches)
+    settings = {
+        "groups": groups,
+        "batches": batches,
+        "notebook": notebook,
+        "workers": workers,
+        "processes": processes,
+        "process_group": process_group,
+    }
 
     # the engine sets the TF32 flags for its precision; they are put back afterwards so that (a)
     # and (b) run under PyTorch's defaults, as the notebook did

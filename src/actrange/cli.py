@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", default="20", help="training steps timed per measurement")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--skip-notebook", action="store_true", help="skip the notebook pipeline")
+    bench.add_argument("--processes", default="0", help="also time N engine processes at once")
+    bench.add_argument("--process-group", default="4", help="models per process for --processes")
 
     data = commands.add_parser("data", help="find, verify (and download) Fashion-MNIST")
     data.add_argument("--data", help="directory holding the files")
@@ -211,6 +213,8 @@ def _command_bench(args: argparse.Namespace) -> int:
         device_name=args.device,
         out=Path(args.out) if args.out else None,
         notebook=not args.skip_notebook,
+        processes=_integer(args.processes, "--processes"),
+        process_group=_integer(args.process_group, "--process-group"),
     )
 
 
