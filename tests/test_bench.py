@@ -10,7 +10,6 @@ from actrange import bench
 from actrange.bench import (
     Line,
     NotebookDataset,
-    closing_sentence,
     flop_per_image,
     line_figures,
     matmul_peak,
@@ -18,6 +17,7 @@ from actrange.bench import (
     run_benchmark,
     seconds_per_model_epoch,
 )
+from actrange.bench_report import closing_sentence, format_report
 from actrange.data import normalise
 from actrange.devicedata import DeviceData
 from actrange.errors import UsageError
@@ -133,7 +133,9 @@ def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path
     assert [f["group"] for f in engine_lines] == [1, 2]
     assert all(f["statistics_seconds"] > 0 and f["evaluation_seconds"] > 0 for f in engine_lines)
 
-    table_rows = [row for row in capsys.readouterr().out.splitlines() if row.startswith("(")]
+    printed = capsys.readouterr().out
+    assert printed.rstrip("\n") == format_report(document)  # a stored document prints the same
+    table_rows = [row for row in printed.splitlines() if row.startswith("(")]
     assert [row.split("  ")[0].strip() for row in table_rows] == names
     assert document["best"].startswith("best: ")
 

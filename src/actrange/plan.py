@@ -16,7 +16,8 @@ from actrange.identity import group_id, run_id
 # bytes one model needs per training image in flight: ~29k activations kept for backward, with
 # their gradients and the optimizer's copies, measured loosely (x 4 bytes x 3)
 BYTES_PER_IMAGE = 29_000 * 4 * 3
-# on these CPUs a group of 8 was the fastest per model-epoch (see the README's benchmark)
+# on the development CPU groups of 4 and 8 were the fastest per model-epoch, each ahead in some
+# runs and behind in others (see the README's benchmark)
 CPU_GROUP = 8
 GPU_GROUP_CAP = 256
 
