@@ -1,17 +1,22 @@
 """Several local processes on one result directory: balanced groups, each run trained once."""
 
 import queue
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from actrange.cli import main
 from actrange.config import resolve
+from actrange.errors import UsageError
 from actrange.plan import balanced_group_size
 from actrange.store import Store
 from actrange.workers import _helper
 from tests.helpers import synthetic_dataset, write_idx
-from tests.test_sweep import results_of, tiny_args
+from tests.test_sweep import _env, results_of, tiny_args
 
 
 @pytest.mark.parametrize(
@@ -96,3 +101,32 @@ def test_a_helper_trains_what_it_can_claim_and_reports_it(data_dir, tmp_path):
     outcome = outcomes.get_nowait()
     assert outcome.trained == 4 and outcome.failed == 0
     assert not (tmp_path / "out" / "results.csv").exists()  # exporting is the main process's job
+
+
+def test_sigterm_to_the_main_process_stops_every_worker_and_the_sweep_resumes(data_dir, tmp_path):
+    out = tmp_path / "stopped"
+    args = tiny_args(data_dir, out, "--epochs", "200", "--workers", "2")
+    command = [sys.executable, "-m", "actrange.cli", *args]
+    process = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(_owners(out)) < 2 and time.time() < deadline:  # both processes are training
+        time.sleep(0.2)
+    assert len(_owners(out)) == 2
+    process.send_signal(signal.SIGTERM)  # to the main process only: it must pass it on
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped: ")
+    assert _owners(out) == set()  # every claim released, the helper's too
+
+    assert subprocess.run(command, env=_env(), timeout=600).returncode == 0
+    with Store(out, create=False) as store:
+        assert {r["status"] for r in store.runs()} == {"finished"}
+
+
+def _owners(out):
+    """The processes holding runs of ``out`` now (none before the store exists)."""
+    try:
+        with Store(out, create=False) as store:
+            return {r["owner"] for r in store.runs() if r["status"] == "running"}
+    except UsageError:
+        return set()

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from actrange import diagnostics
-from actrange.activations import get_activation
 from actrange.columns import HIDDEN_LAYERS
 from actrange.config import RunConfig
 from actrange.devicedata import DeviceData
@@ -339,11 +338,3 @@ def train_group(
         if on_epoch is not None:
             on_epoch(report, state)
     return state
-
-
-def check_activations(runs: list[RunConfig]) -> None:
-    """Fail early, with the allowed names, on an activation the registry does not know."""
-    for run in runs:
-        get_activation(run.activation)
-        if run.switch is not None:
-            get_activation(run.switch.to)

@@ -56,25 +56,6 @@ def stack_parameters(per_model: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return stacked
 
 
-def unstack_parameters(
-    stacked: dict[str, torch.Tensor], group: int
-) -> list[dict[str, torch.Tensor]]:
-    """The inverse of :func:`stack_parameters`: G state dicts in StudyCNN's layout, on the CPU."""
-    per_model: list[dict[str, torch.Tensor]] = [{} for _ in range(group)]
-    for spec in LAYERS:
-        weight = stacked[f"{spec.name}.weight"].detach().cpu()
-        bias = stacked[f"{spec.name}.bias"].detach().cpu()
-        for g, params in enumerate(per_model):
-            if spec.kind == "conv":
-                rows = slice(g * spec.fan_out, (g + 1) * spec.fan_out)
-                params[f"{spec.name}.weight"] = weight[rows].contiguous()
-                params[f"{spec.name}.bias"] = bias[rows].clone()
-            else:
-                params[f"{spec.name}.weight"] = weight[g].t().contiguous()
-                params[f"{spec.name}.bias"] = bias[g, 0].clone()
-    return per_model
-
-
 def per_model_view(stacked: torch.Tensor, group: int) -> torch.Tensor:
     """Any stacked parameter or gradient as [G, values of one model]."""
     return stacked.reshape(group, -1)
