@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from actrange import bench
+from actrange import bench, bench_run
 from actrange.bench import (
     Line,
     NotebookDataset,
     flop_per_image,
-    line_figures,
     matmul_peak,
     measure_engine,
-    run_benchmark,
     seconds_per_model_epoch,
 )
+from actrange.bench_precision import CheckSettings, format_check, precision_check
 from actrange.bench_report import closing_sentence, format_report
+from actrange.bench_run import BenchSettings, line_figures, run_benchmark
 from actrange.data import normalise
 from actrange.devicedata import DeviceData
 from actrange.errors import UsageError
@@ -31,11 +31,14 @@ FORWARD_FLOP = 2_679_680
 TRAIN_STEP_FLOP = 3 * FORWARD_FLOP - 112_896  # 7,926,144
 
 
+TINY = BenchSettings(groups=[1, 2], batches=1, notebook_batches=1, check_epochs=1, check_images=128)
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     """Synthetic data (6 batches: one loader pass covers warm-up and the timed step), a small
     matmul for the peak, and one thread, which keeps the run quick on a busy machine."""
-    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: synthetic_dataset(768, 64))
+    monkeypatch.setattr(bench_run, "load_fashion_mnist", lambda: synthetic_dataset(768, 64))
     monkeypatch.setattr(bench, "MATMUL_SIDE", {"cpu": 128, "cuda": 128})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -112,12 +115,12 @@ def test_notebook_dataset_converts_like_totensor_and_normalize():
 
 def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path, capsys):
     out = tmp_path / "bench" / "speed.json"
-    assert run_benchmark(groups=[1, 2], batches=1, device_name="cpu", out=out, notebook=True) == 0
+    assert run_benchmark(TINY, "cpu", out) == 0
 
     document = json.loads(out.read_text())
     names = [f["name"] for f in document["lines"]]
     assert names == ["(a) notebook pipeline", "(b) in-memory StudyCNN", "(c) engine G=1",
-                     "(c) engine G=2"]  # fmt: skip
+                     "(c) engine G=2", "(c) engine G=2 bf16"]  # fmt: skip
     assert document["flop_per_image"] == TRAIN_STEP_FLOP
     assert document["peak_flop_per_second"]["fp32"] > 0
     assert document["settings"]["batches"] == 1 and document["test_images"] == 64
@@ -130,7 +133,11 @@ def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path
         )
     assert document["lines"][0]["x_faster_than_notebook"] == 1.0
     engine_lines = document["lines"][2:]
-    assert [f["group"] for f in engine_lines] == [1, 2]
+    assert [(f["group"], f["precision"]) for f in engine_lines] == [(1, "fp32"), (2, "fp32"),
+                                                                    (2, "bf16")]  # fmt: skip
+    check = document["precision_check"]
+    assert (check["epochs"], check["images"]) == (1, 128)
+    assert len(check["fp32"]["test_accuracy"]) == len(check["bf16"]["test_accuracy"]) == 4
     assert all(f["statistics_seconds"] > 0 and f["evaluation_seconds"] > 0 for f in engine_lines)
 
     printed = capsys.readouterr().out
@@ -144,18 +151,20 @@ def test_without_the_notebook_ratios_are_not_available_and_no_json_is_written(
     tiny, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    assert run_benchmark(groups=[1], batches=1, device_name="cpu", out=None, notebook=False) == 0
+    settings = BenchSettings(groups=[1], batches=1, notebook=False, check_epochs=0)
+    assert run_benchmark(settings, "cpu", None) == 0
 
     printed = capsys.readouterr().out
     rows = [row for row in printed.splitlines() if row.startswith("(")]
-    assert [row[:3] for row in rows] == ["(b)", "(c)"]
+    assert [row[:3] for row in rows] == ["(b)", "(c)", "(c)"]
+    assert "precision check" not in printed
     assert all(" n/a " in row for row in rows)
     assert "(notebook not measured)" in printed
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_engine_line_in_bf16_runs_its_own_precision(tiny):
-    data = DeviceData(bench.load_fashion_mnist(), torch.device("cpu"))
+    data = DeviceData(bench_run.load_fashion_mnist(), torch.device("cpu"))
     line = measure_engine(data, group=2, batches=1, precision="bf16")
     assert (line.name, line.group, line.precision, line.steps) == (
         "(c) engine G=2 bf16",
@@ -174,25 +183,73 @@ def test_matmul_peak_is_positive_and_leaves_the_tf32_flag_alone(precision):
 
 
 @pytest.mark.parametrize(
-    ("groups", "batches", "problem"),
+    ("changes", "problem"),
     [
-        ([], 20, "at least one group"),
-        ([1, 0], 20, "group size 0 is outside"),
-        ([4097], 20, "group size 4097 is outside"),
-        ([1], 0, "--batches: 0 is outside 1..469"),
-        ([1], 470, "--batches: 470 is outside 1..469"),
+        ({"groups": []}, "at least one group"),
+        ({"groups": [1, 0]}, "group size 0 is outside"),
+        ({"groups": [4097]}, "group size 4097 is outside"),
+        ({"process_group": 0}, "group size 0 is outside"),
+        ({"batches": 0}, "--batches: 0 is outside 1..469"),
+        ({"batches": 470}, "--batches: 470 is outside 1..469"),
+        ({"notebook_batches": 0}, "--notebook-batches: 0 is outside 1..469"),
+        ({"processes": -1}, "--processes: -1 is outside 0..64"),
+        ({"check_epochs": 21}, "--check-epochs: 21 is outside 0..20"),
+        ({"check_images": 127}, "--check-images: 127 is outside 128..60000"),
+        ({"check_images": 60_001}, "--check-images: 60001 is outside 128..60000"),
     ],
 )
-def test_bad_groups_or_batches_are_usage_errors(groups, batches, problem, monkeypatch):
-    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
+def test_bad_settings_are_usage_errors_before_any_data_is_loaded(changes, problem, monkeypatch):
+    monkeypatch.setattr(bench_run, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
     with pytest.raises(UsageError, match=problem):
-        run_benchmark(groups=groups, batches=batches, device_name="cpu", out=None, notebook=True)
+        run_benchmark(BenchSettings(**changes), "cpu", None)
+
+
+def test_settings_drop_repeated_group_sizes_and_keep_their_order():
+    assert BenchSettings(groups=[4, 1, 4, 16, 1]).validated().groups == [4, 1, 16]
 
 
 def test_an_unknown_device_is_a_usage_error(monkeypatch):
-    monkeypatch.setattr(bench, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
+    monkeypatch.setattr(bench_run, "load_fashion_mnist", lambda: pytest.fail("loaded data"))
     with pytest.raises(UsageError, match="CUDA is not available"):
-        run_benchmark(groups=[1], batches=1, device_name="cuda", out=None, notebook=True)
+        run_benchmark(BenchSettings(groups=[1], batches=1), "cuda", None)
+
+
+def test_the_precision_check_of_fp32_against_itself_finds_no_difference(tiny):
+    dataset = bench_run.load_fashion_mnist()
+    data = DeviceData(dataset, torch.device("cpu"))
+    check = precision_check(dataset, data, ["fp32"], CheckSettings(epochs=1, images=256))
+    assert check["runs"] == ["relu [-1, 1]", "tanh [-1, 1]", "relu [-5, 5]", "tanh [-5, 5]"]
+    assert (check["epochs"], check["images"]) == (1, 256)
+    # trained twice from the same seed and batch order: the same numbers
+    assert check["largest_accuracy_difference"] == {"fp32": 0.0}
+    assert all(0 <= accuracy <= 100 for accuracy in check["fp32"]["test_accuracy"])
+
+
+def test_the_precision_check_trains_no_more_images_than_there_are(tiny):
+    dataset = bench_run.load_fashion_mnist()  # 768 training images
+    data = DeviceData(dataset, torch.device("cpu"))
+    check = precision_check(dataset, data, ["bf16"], CheckSettings(epochs=1, images=10_000))
+    assert check["images"] == 768
+    assert 0 <= check["largest_accuracy_difference"]["bf16"] <= 100
+
+
+def test_the_precision_check_prints_one_aligned_row_per_run():
+    check = {
+        "runs": ["relu [-1, 1]", "tanh [-5, 5]"],
+        "epochs": 2,
+        "images": 10_000,
+        "fp32": {"test_accuracy": [71.5, 80.25], "train_loss": [1.0, 0.5]},
+        "bf16": {"test_accuracy": [71.0, 80.5], "train_loss": [1.0, 0.5]},
+        "largest_accuracy_difference": {"bf16": 0.5},
+    }
+    assert format_check(check) == [
+        "precision check: the study's 2 runs, 2 epoch(s) on the first 10,000 training images; "
+        "final test accuracy (%):",
+        "  run                    fp32         bf16  bf16 - fp32",
+        "  relu [-1, 1]          71.50        71.00        -0.50",
+        "  tanh [-5, 5]          80.25        80.50        +0.25",
+        "  largest difference from fp32: bf16 0.50 points",
+    ]
 
 
 @pytest.mark.slow
@@ -200,19 +257,17 @@ def test_the_processes_line_trains_both_processes_and_adds_up_their_models(tmp_p
     # the worker processes are spawned, so they load the real data (CI installs it)
     assert REAL_DATA.exists(), f"{REAL_DATA} is missing: apt-get install dataset-fashion-mnist"
     out = tmp_path / "speed.json"
-    status = run_benchmark(
-        groups=[1],
-        batches=1,
-        device_name="cpu",
-        out=out,
-        notebook=False,
-        processes=2,
-        process_group=2,
+    settings = BenchSettings(
+        groups=[1], batches=1, notebook=False, processes=2, process_group=2, check_epochs=0
     )
-    assert status == 0
+    assert run_benchmark(settings, "cpu", out) == 0
     lines = json.loads(out.read_text())["lines"]
-    assert [line["name"] for line in lines][-1] == "(c) engine 2 processes x G=2"
-    together = lines[-1]
+    assert [line["name"] for line in lines][-2:] == [
+        "(c) engine 2 processes x G=2",
+        "(c) engine 2 processes x G=2 bf16",
+    ]
+    assert lines[-1]["precision"] == "bf16"
+    together = lines[-2]
     assert together["group"] == 4 and together["steps"] == 1
     assert together["statistics_seconds"] > 0 and together["evaluation_seconds"] > 0
     assert together["seconds_per_model_epoch"] > 0 and together["peak_memory_bytes"] > 0

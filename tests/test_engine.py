@@ -180,3 +180,19 @@ def test_bf16_autocast_stays_close_to_fp32(data):
     bf16 = collect([bf16_run], data)
     for a, b in zip(fp32, bf16, strict=True):
         assert b.train_loss[0] == pytest.approx(a.train_loss[0], rel=0.02)
+
+
+def test_under_bf16_autocast_conv1_stays_fp32_and_the_rest_is_bf16():
+    params = stack_parameters([initial_parameters(seed) for seed in (0, 1)])
+    images = to_group_layout(torch.randn(2, 3, 28, 28))  # [B=3, G=2, 28, 28]
+    record: dict[str, torch.Tensor] = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = group_forward(params, images, activation_plan(["relu", "tanh"]), record)
+    assert record["conv1"].dtype == torch.float32
+    assert {record[layer].dtype for layer in ("conv2", "conv5", "lin1", "lin2")} == {torch.bfloat16}
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, 3, 10)
+
+    # conv1 under autocast computes exactly what it computes without it
+    plain: dict[str, torch.Tensor] = {}
+    group_forward(params, images, activation_plan(["relu", "tanh"]), plain)
+    assert torch.equal(record["conv1"], plain["conv1"])

@@ -1,26 +1,22 @@
-"""Training speed, side by side: the study notebook's pipeline, the plain model, and the engine.
+"""Training speed, measured: the study notebook's pipeline, the plain model, and the engine.
 
-Every line is timed in one process on the same data, with the device synchronised before each
-clock read and warm-up steps excluded, then extrapolated to seconds per model-epoch: one model's
-pass over the 60,000 training images at batch 128 (469 steps). The arithmetic limit is the time
-the training step's FLOP would take at the machine's measured matmul peak.
-
-The report goes to stdout; the JSON document (every figure, the machine, the command) is written
-only when an output path is given, so that stdout stays a readable table.
+Each line is timed with the device synchronised before each clock read and warm-up steps
+excluded, then extrapolated to seconds per model-epoch: one model's pass over the 60,000
+training images at batch 128 (469 steps). The arithmetic limit is the time the training step's
+FLOP would take at the machine's measured matmul peak. :mod:`actrange.bench_run` puts the lines
+together into the `actrange bench` command.
 
 Line (a) leaves out the notebook's own first-batch recording (a numpy sample of every layer) and
-the restart of its loader's workers at each epoch, so its time is a lower bound on the notebook's.
+the evaluation after training, so its time is a lower bound on the notebook's.
 """
 
-import json
 import math
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,12 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from actrange import engine
-from actrange.bench_report import closing_sentence, format_report
 from actrange.config import TRAIN_IMAGES, PixelRange, RunConfig
-from actrange.data import FashionMNIST, load_fashion_mnist, normalise
+from actrange.data import FashionMNIST, normalise
 from actrange.devicedata import DeviceData
-from actrange.environment import device_description, environment_record, resolve_device
-from actrange.errors import UsageError
 from actrange.grouped import activation_plan, group_forward, to_group_layout
 from actrange.model import StudyCNN
 
@@ -324,170 +317,3 @@ def evaluation_seconds(state: engine.GroupState, runs: list[RunConfig], data: De
     engine.evaluate(state, data, range_index, plan, confusion=False)
     _synchronise(data.device)
     return time.perf_counter() - started
-
-
-# ---------------------------------------------------------------------------------------------
-# the report: figures per line, the table, the closing sentence
-
-
-def line_figures(line: Line, notebook: Line | None, flop: float, peaks: dict[str, float]) -> dict:
-    """Every figure of one line, JSON-able.
-
-    Args:
-        line: the measurement.
-        notebook: line (a), or None when it was skipped (the ratio is then None).
-        flop: FLOP per image of a training step.
-        peaks: matmul FLOP/s per precision.
-    Returns:
-        the line's fields, its seconds and images per model-epoch, the ratio to (a), the share
-        of the arithmetic limit and, for engine lines, the statistics and evaluation shares.
-    """
-    model_epoch = line.seconds_per_model_epoch
-    limit = TRAIN_IMAGES * flop / peaks[line.precision]
-    figures = asdict(line)
-    figures["seconds_per_model_epoch"] = model_epoch
-    figures["images_per_second"] = TRAIN_IMAGES / model_epoch
-    ratio = notebook.seconds_per_model_epoch / model_epoch if notebook is not None else None
-    figures["x_faster_than_notebook"] = ratio
-    figures["percent_of_limit"] = 100 * limit / model_epoch
-    if line.statistics_seconds is not None:
-        # both happen once per epoch of the whole group
-        group_epoch = model_epoch * line.group
-        figures["statistics_percent_of_epoch"] = 100 * line.statistics_seconds / group_epoch
-        figures["evaluation_seconds_per_model"] = line.evaluation_seconds / line.group
-    return figures
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
-
-
-def _checked_groups(groups: list[int], batches: int) -> list[int]:
-    if not groups:
-        raise UsageError("--groups: give at least one group size, e.g. 1,4,16")
-    for group in groups:
-        if not 1 <= group <= MAX_GROUP:
-            raise UsageError(f"--groups: group size {group} is outside 1..{MAX_GROUP}")
-    if not 1 <= batches <= EPOCH_STEPS:
-        raise UsageError(f"--batches: {batches} is outside 1..{EPOCH_STEPS} (one epoch)")
-    return list(dict.fromkeys(groups))
-
-
-def _measure_all(dataset: FashionMNIST, settings: dict, device: torch.device) -> list[Line]:
-    """(a) if asked, (b), (c) per group, and on CUDA (c) in tf32 and bf16 for the largest."""
-    groups, batches = settings["groups"], settings["batches"]
-    defaults = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    _say("(b) in-memory StudyCNN")
-    lines = [measure_in_memory(dataset, batches, device)]
-    data = DeviceData(dataset, device)
-    plan = [(group, "fp32") for group in groups]
-    if device.type == "cuda":
-        plan += [(max(groups), "tf32"), (max(groups), "bf16")]
-    for group, precision in plan:
-        _say(f"(c) engine G={group} {precision}")
-        lines.append(measure_engine(data, group, batches, precision))
-    processes, process_group = settings["processes"], settings["process_group"]
-    if processes > 1:
-        from actrange.bench_workers import measure_workers  # it imports this module
-
-        _say(f"(c) engine {processes} processes x G={process_group}")
-        lines.append(measure_workers(processes, process_group, batches, device))
-    # (a) last: its loader's worker processes were seen to slow the lines measured after it
-    # threefold on a 2-core machine, even once closed
-    if settings["notebook"]:
-        _say("(a) notebook pipeline")
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = defaults
-        lines.insert(0, measure_notebook(dataset, batches, device, settings["workers"]))
-    return lines
-
-
-def _say(name: str) -> None:
-    # progress goes to stderr, so that stdout holds the report alone
-    print(f"measuring {name}", file=sys.stderr, flush=True)
-
-
-def run_benchmark(
-    groups: list[int],
-    batches: int,
-    device_name: str,
-    out: Path | None,
-    notebook: bool,
-    workers: int = NOTEBOOK_WORKERS,
-    processes: int = 0,
-    process_group: int = 4,
-) -> int:
-    """Measure every line, print the report, and write the JSON document to ``out`` if given.
-
-    Args:
-        groups: engine group sizes to measure (1..4096 each).
-        batches: timed training steps per line (1..469).
-        device_name: "auto", "cpu", "cuda", "cuda:N" or "mps".
-        out: where to write the JSON document; None writes none.
-        notebook: measure line (a), the notebook's DataLoader pipeline.
-        workers: loader processes of line (a); the notebook used 2.
-        processes: if 2 or more, also measure that many engine processes side by side, the
-            cores shared out as ``actrange run --workers`` does, each with a group of
-            ``process_group`` models.
-    Returns:
-        the exit status, 0.
-    Raises:
-        UsageError: a group size or step count out of range, or an unavailable device.
-    """
-    groups = _checked_groups(groups, batches)
-    device = resolve_device(device_name)
-    dataset = load_fashion_mnist()
-    if processes > 1:
-        _checked_groups([process_group], batches)
-    settings = {
-        "groups": groups,
-        "batches": batches,
-        "notebook": notebook,
-        "workers": workers,
-        "processes": processes,
-        "process_group": process_group,
-    }
-
-    # the engine sets the TF32 flags for its precision; they are put back afterwards so that (a)
-    # and (b) run under PyTorch's defaults, as the notebook did
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        lines = _measure_all(dataset, settings, device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-    document = _document(lines, device, settings, int(dataset.test_labels.shape[0]))
-    print(format_report(document))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(document, indent=2) + "\n")
-    return 0
-
-
-def _document(lines: list[Line], device: torch.device, settings: dict, test_images: int) -> dict:
-    """Every figure, the settings, the machine and the command, as one JSON-able dict."""
-    flop = flop_per_image()
-    peaks = {p: matmul_peak(device, p) for p in dict.fromkeys(line.precision for line in lines)}
-    notebook = next((line for line in lines if line.name.startswith("(a)")), None)
-    figures = [line_figures(line, notebook, flop, peaks) for line in lines]
-    if device.type == "cuda":
-        memory = "CUDA peak allocated, reset before each line"
-    else:
-        memory = (
-            "process peak RSS, cumulative over the lines so far, loader workers excluded; "
-            "a processes line adds up its processes' peaks"
-        )
-    constants = {"warmup_steps": WARMUP_STEPS, "batch_size": BATCH, "epoch_steps": EPOCH_STEPS}
-    return {
-        "command": sys.argv,
-        "settings": settings | constants | {"record_values": RECORD_VALUES},
-        "device": device_description(device),
-        "environment": environment_record(device),
-        "torch_threads": torch.get_num_threads(),
-        "test_images": test_images,
-        "flop_per_image": flop,
-        "peak_flop_per_second": peaks,
-        "limit_seconds_per_model_epoch": {p: TRAIN_IMAGES * flop / v for p, v in peaks.items()},
-        "memory": memory,
-        "lines": figures,
-        "best": closing_sentence(figures),
-    }

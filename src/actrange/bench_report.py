@@ -4,6 +4,7 @@ It reads the JSON-able document that :mod:`actrange.bench` builds, so a stored d
 printed again (``format_report(json.load(...))``).
 """
 
+from actrange.bench_precision import format_check
 from actrange.config import TRAIN_IMAGES
 
 TABLE = (  # header, width (negative: left-aligned), cell text from a line's figures
@@ -99,7 +100,10 @@ def _costs(document: dict) -> list[str]:
 
 
 def format_report(document: dict) -> str:
-    """The header, the table, the statistics and evaluation costs, and the closing sentence."""
+    """The header, the table, the side costs, the precision check, and the closing sentence."""
     table, memory = format_table(document["lines"]), f"peak memory: {document['memory']}"
-    lines = [*_header(document), "", table, "", memory, *_costs(document), "", document["best"]]
-    return "\n".join(lines)
+    lines = [*_header(document), "", table, "", memory, *_costs(document), ""]
+    check = document.get("precision_check")
+    if check is not None:
+        lines += [*format_check(check), ""]
+    return "\n".join([*lines, document["best"]])

@@ -19,24 +19,27 @@ JOIN_SECONDS = 3600  # a measurement is minutes; a process gone quiet for an hou
 
 
 def _measure_one(
-    barrier, results, group: int, batches: int, threads: int, device_name: str
+    barrier, results, group: int, batches: int, threads: int, device_name: str, precision: str
 ) -> None:
     """One worker process: its share of threads, the data, the barrier, then line (c)."""
     torch.set_num_threads(threads)
     data = DeviceData(load_fashion_mnist(), torch.device(device_name))
     barrier.wait(timeout=JOIN_SECONDS)
-    line = measure_engine(data, group, batches, "fp32")
+    line = measure_engine(data, group, batches, precision)
     results.put(line)
 
 
-def measure_workers(processes: int, group: int, batches: int, device: torch.device) -> Line:
+def measure_workers(
+    processes: int, group: int, batches: int, device: torch.device, precision: str = "fp32"
+) -> Line:
     """(c) ``processes`` concurrent engine processes, a group of ``group`` models in each."""
     threads = threads_per_worker(processes)
     context = multiprocessing.get_context("spawn")  # no inherited OpenMP pool
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [
         context.Process(
-            target=_measure_one, args=(barrier, results, group, batches, threads, str(device))
+            target=_measure_one,
+            args=(barrier, results, group, batches, threads, str(device), precision),
         )
         for _ in range(processes)
     ]
@@ -48,10 +51,11 @@ def measure_workers(processes: int, group: int, batches: int, device: torch.devi
     if failed:
         raise RuntimeError(f"benchmark worker processes failed with exit status {failed}")
     lines = [results.get(timeout=10) for _ in workers]
+    suffix = "" if precision == "fp32" else f" {precision}"
     return Line(
-        name=f"(c) engine {processes} processes x G={group}",
+        name=f"(c) engine {processes} processes x G={group}{suffix}",
         group=processes * group,
-        precision="fp32",
+        precision=precision,
         steps=lines[0].steps,
         seconds=max(line.seconds for line in lines),
         # each process's peak resident memory, added up: they are alive at the same time

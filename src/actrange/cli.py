@@ -161,11 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training speed (JSON + table)")
     bench.add_argument("--out", default=None, help="write the JSON document here")
     bench.add_argument("--groups", default="1,4,16", help="group sizes to measure")
-    bench.add_argument("--batches", default="20", help="training steps timed per measurement")
+    bench.add_argument("--batches", default="20", help="training steps timed per engine line")
+    bench.add_argument(
+        "--notebook-batches", default="469", help="training steps timed for the notebook line"
+    )
     bench.add_argument("--device", default="auto")
     bench.add_argument("--skip-notebook", action="store_true", help="skip the notebook pipeline")
     bench.add_argument("--processes", default="0", help="also time N engine processes at once")
     bench.add_argument("--process-group", default="4", help="models per process for --processes")
+    bench.add_argument(
+        "--check-epochs", default="2", help="epochs of the precision check (0 skips it)"
+    )
+    bench.add_argument(
+        "--check-images", default="10000", help="training images of the precision check"
+    )
 
     data = commands.add_parser("data", help="find, verify (and download) Fashion-MNIST")
     data.add_argument("--data", help="directory holding the files")
@@ -204,18 +213,19 @@ def _command_status(args: argparse.Namespace) -> int:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from actrange.bench import run_benchmark
+    from actrange.bench_run import BenchSettings, run_benchmark
 
-    groups = [_integer(g, "--groups") for g in _split(args.groups)]
-    return run_benchmark(
-        groups=groups,
+    settings = BenchSettings(
+        groups=[_integer(g, "--groups") for g in _split(args.groups)],
         batches=_integer(args.batches, "--batches"),
-        device_name=args.device,
-        out=Path(args.out) if args.out else None,
         notebook=not args.skip_notebook,
+        notebook_batches=_integer(args.notebook_batches, "--notebook-batches"),
         processes=_integer(args.processes, "--processes"),
         process_group=_integer(args.process_group, "--process-group"),
+        check_epochs=_integer(args.check_epochs, "--check-epochs"),
+        check_images=_integer(args.check_images, "--check-images"),
     )
+    return run_benchmark(settings, args.device, Path(args.out) if args.out else None)
 
 
 def _command_data(args: argparse.Namespace) -> int:

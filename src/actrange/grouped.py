@@ -93,6 +93,22 @@ def _per_segment(
     return torch.cat(parts, dim)
 
 
+# Under autocast, conv1 still runs in fp32: with one input channel it is 9 multiply-adds per
+# output, so bf16 would round the input pixels themselves for no gain in speed (oneDNN's bf16
+# kernels for it were slower than fp32 on the development CPU).
+FULL_PRECISION_LAYERS = frozenset({"conv1"})
+
+
+def _convolve(x: torch.Tensor, params: dict[str, torch.Tensor], name: str, pad: int, group: int):
+    """One grouped convolution; the layers in FULL_PRECISION_LAYERS leave autocast out."""
+    weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+    device_type = x.device.type
+    if name in FULL_PRECISION_LAYERS and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return F.conv2d(x.float(), weight, bias, padding=pad, groups=group)
+    return F.conv2d(x, weight, bias, padding=pad, groups=group)
+
+
 def group_forward(
     params: dict[str, torch.Tensor],
     images: torch.Tensor,
@@ -113,8 +129,7 @@ def group_forward(
     x = images
     for spec in LAYERS:
         if spec.kind == "conv":
-            w, b = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
-            x = F.conv2d(x, w, b, padding=spec.pad, groups=group)  # [B, G*C, H, W]
+            x = _convolve(x, params, spec.name, spec.pad, group)  # [B, G*C, H, W]
             if record is not None:
                 h, w_ = x.shape[-2:]
                 record[spec.name] = (
