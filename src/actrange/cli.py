@@ -120,7 +120,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     train.add_argument("--train-subset", help="train on the first N training images")
     train.add_argument("--record-values", help="pre-activation values sampled per layer")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    train.add_argument("--precision", help="fp32 (default), tf32 or bf16 (CUDA)")
+    train.add_argument("--precision", help="fp32 (default), bf16 (autocast) or tf32 (CUDA)")
     train.add_argument("--group-size", help="models trained together (0: from free memory)")
     train.add_argument("--no-checkpoint", action="store_true", help="no per-epoch checkpoints")
     train.add_argument("--workers", help="local training processes, cores shared (default 1)")
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-epochs", default="2", help="epochs of the precision check (0 skips it)"
     )
     bench.add_argument(
-        "--check-images", default="10000", help="training images of the precision check"
+        "--check-images", default="60000", help="training images of the precision check"
     )
 
     data = commands.add_parser("data", help="find, verify (and download) Fashion-MNIST")
