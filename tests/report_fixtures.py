@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from actrange.columns import EPOCH_COLUMNS, HIDDEN_LAYERS, LAYER_COLUMNS
-from actrange.config import ExperimentConfig, PixelRange, RunConfig, to_toml
+from actrange.config import ExperimentConfig, PixelRange, RunConfig
+from actrange.config_files import to_toml
 from actrange.identity import run_id
 from actrange.model import N_PARAMS
 from actrange.report import write_report

@@ -4,15 +4,8 @@ import math
 
 import pytest
 
-from actrange.config import (
-    ExperimentConfig,
-    PixelRange,
-    Switch,
-    apply_overrides,
-    preset_names,
-    resolve,
-    to_toml,
-)
+from actrange.config import ExperimentConfig, PixelRange, Switch, apply_overrides
+from actrange.config_files import preset_names, resolve, to_toml
 from actrange.errors import UsageError
 
 

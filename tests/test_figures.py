@@ -12,12 +12,14 @@ from actrange.errors import UsageError
 from actrange.figures import (
     accuracy_curves,
     accuracy_heatmap,
-    grad_norm_curves,
-    health_heatmaps,
     loss_curves,
     per_class_accuracy,
-    percentile_bands,
     save_figure,
+)
+from actrange.layer_figures import (
+    grad_norm_curves,
+    health_heatmaps,
+    percentile_bands,
     violin_comparison,
 )
 

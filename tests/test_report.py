@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from actrange.cli import main
-from actrange.config import to_toml
+from actrange.config_files import to_toml
 from actrange.report import write_report
 from actrange.store import Store
 from tests.report_fixtures import build_result_directory, experiment, written_report

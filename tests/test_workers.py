@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actrange.cli import main
-from actrange.config import resolve
+from actrange.config_files import resolve
 from actrange.errors import UsageError
 from actrange.plan import balanced_group_size
 from actrange.store import Store

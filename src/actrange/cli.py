@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from actrange.config import preset_names, resolve
+from actrange.config_files import preset_names, resolve
 from actrange.errors import UsageError
 
 EXIT_USAGE = 2

@@ -1,15 +1,13 @@
-"""One validated experiment config: defaults, TOML files, presets and command-line overrides.
+"""One validated experiment config: its defaults, and every value checked as it is applied.
 
 An experiment is a grid. The plural keys (``activations``, ``ranges``, ``seeds``, ``lrs``,
 ``switches``) are its axes; every other key is shared by all runs. Each grid point is a
-:class:`RunConfig`, the unit that is trained, stored and identified by hash.
+:class:`RunConfig`, the unit that is trained, stored and identified by hash. Reading the config
+from files and presets, and writing it back, is :mod:`actrange.config_files`.
 """
 
 import math
-import tomllib
-from dataclasses import dataclass, field, fields, replace
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actrange.activations import get_activation
@@ -355,74 +353,3 @@ def _check_consistency(config: ExperimentConfig) -> None:
         raise UsageError("workers > 1 is for the local backend; Ray places its own tasks")
     if config.workers > 1 and config.mlflow:
         raise UsageError("workers > 1 cannot log to MLflow yet: its store takes one writer")
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read an experiment file; a missing or malformed file is a UsageError naming it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"experiment file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"experiment file {path} cannot be read: {error}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"experiment file {path} is not valid TOML: {error}") from None
-
-
-def preset_names() -> list[str]:
-    """Names of the presets that ship with the package."""
-    folder = resources.files("actrange") / "presets"
-    return sorted(
-        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
-    )
-
-
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (``seed``, ``replicate``, ...) or a path to a TOML file."""
-    if name_or_path.endswith(".toml") or "/" in name_or_path:
-        return load_toml(Path(name_or_path))
-    if name_or_path not in preset_names():
-        allowed = ", ".join(preset_names())
-        raise UsageError(f"preset {name_or_path!r} is unknown; allowed: {allowed}, or a .toml path")
-    text = (resources.files("actrange") / "presets" / f"{name_or_path}.toml").read_text()
-    return tomllib.loads(text)
-
-
-def resolve(preset: str | None, overrides: dict[str, Any]) -> ExperimentConfig:
-    """Defaults, then the preset or file, then the command line's overrides."""
-    config = ExperimentConfig()
-    if preset is not None:
-        config = apply_overrides(config, load_preset(preset))
-    return apply_overrides(config, overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# writing the resolved config back out
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, PixelRange):
-        return f"[{value.lo!r}, {value.hi!r}]"
-    if isinstance(value, Switch):
-        return f'{{ epoch = {value.epoch}, to = "{value.to}" }}'
-    if value is None:
-        return '"none"'
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
-def to_toml(config: ExperimentConfig) -> str:
-    """The resolved config as TOML that :func:`apply_overrides` reads back to the same value."""
-    lines = [
-        f"{f.name} = {_toml_value(getattr(config, f.name))}"
-        for f in fields(config)
-        if f.name != "extra"
-    ]
-    return "\n".join(lines) + "\n"

@@ -24,12 +24,14 @@ from actrange.exports import ResultSet
 from actrange.figures import (
     accuracy_curves,
     accuracy_heatmap,
-    grad_norm_curves,
-    health_heatmaps,
     loss_curves,
     per_class_accuracy,
-    percentile_bands,
     save_figure,
+)
+from actrange.layer_figures import (
+    grad_norm_curves,
+    health_heatmaps,
+    percentile_bands,
     violin_comparison,
 )
 from actrange.report_render import Block, Heading, Image, Items, Paragraph

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from actrange.config import ExperimentConfig, RunConfig, to_toml
+from actrange.config import ExperimentConfig, RunConfig
+from actrange.config_files import to_toml
 from actrange.data import load_fashion_mnist
 from actrange.devicedata import DeviceData
 from actrange.engine import EpochReport, GroupState, train_group
