@@ -4,8 +4,19 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from actrange import stats
 from actrange.errors import UsageError
-from actrange.stats import epochs_to_reach, holm, interaction, loss_auc, summarise, welch
+from actrange.stats import (
+    _u_critical,
+    _u_null_counts,
+    epochs_to_reach,
+    holm,
+    interaction,
+    loss_auc,
+    rank_shift,
+    summarise,
+    welch,
+)
 
 T_975_3 = 3.182446305284263  # t quantile 0.975 with 3 degrees of freedom, from tables
 
@@ -192,3 +203,64 @@ def test_interaction_with_a_single_seed_has_no_test():
     assert result.diff == pytest.approx((1 - 1) - (5 - 6))
     assert (result.ci_low, result.ci_high) == (-math.inf, math.inf)
     assert math.isnan(result.p)
+
+
+def test_u_null_distribution_counts_the_orderings():
+    # five against five: C(10, 5) = 252 orderings. The orderings with U = u are the partitions
+    # of u into at most five parts of at most five: 4 = 3+1 = 2+2 = 2+1+1 = 1+1+1+1 gives five
+    counts = _u_null_counts(5, 5)
+    assert counts.size == 26 and counts.sum() == 252
+    assert list(counts[:5]) == [1, 1, 2, 3, 5]
+    assert list(counts) == list(counts[::-1])  # U and n_a*n_b - U are equally likely
+
+
+@pytest.mark.parametrize(
+    ("n_a", "n_b", "critical"),
+    # the two-sided 5% critical values of printed Mann-Whitney tables; none exists for 3 and 4
+    [(5, 5, 2), (10, 10, 23), (6, 6, 5), (4, 6, 2), (3, 4, -1), (2, 2, -1)],
+)
+def test_u_critical_values_match_the_tables(n_a, n_b, critical):
+    assert _u_critical(n_a, n_b) == critical
+
+
+@pytest.mark.parametrize("n", [10, 20, 30, 40, 50])
+def test_u_critical_by_normal_approximation_is_within_one_of_the_exact_count(n, monkeypatch):
+    exact = _u_critical(n, n)
+    monkeypatch.setattr(stats, "EXACT_U_PAIRS", 0)  # every size by the approximation
+    assert abs(_u_critical(n, n) - exact) <= 1
+
+
+def test_rank_shift_hand_computed():
+    # a_i - b_j = 10 + (i - j) for i, j in 0..4: 6 once, 7 twice, ..., 10 five times, ..., 14 once.
+    # Median (13th of 25) = 10; with k = 2 the interval is the 3rd and 23rd: 7 and 13.
+    # Every a exceeds every b: U = 25, exact two-sided p = 2 / C(10, 5) = 2 / 252.
+    result = rank_shift([10, 11, 12, 13, 14], [0, 1, 2, 3, 4])
+    assert (result.shift, result.ci_low, result.ci_high) == (10.0, 7.0, 13.0)
+    assert result.u == 25.0 and (result.n_a, result.n_b) == (5, 5)
+    assert result.p == pytest.approx(2 / 252)
+    swapped = rank_shift([0, 1, 2, 3, 4], [10, 11, 12, 13, 14])
+    assert (swapped.shift, swapped.ci_low, swapped.ci_high, swapped.u) == (-10.0, -13.0, -7.0, 0.0)
+
+
+def test_rank_shift_ignores_one_stuck_run_where_welch_does_not():
+    tanh = [85.9, 86.0, 86.1, 86.2, 86.3, 86.4]
+    relu = [83.9, 84.0, 84.1, 84.2, 84.3, 10.0]  # one seed never left chance
+    robust, means = rank_shift(tanh, relu), welch(tanh, relu)
+    assert means.p > 0.05 and means.ci_low < 0  # the stuck run swamps the t-test
+    assert robust.p == pytest.approx(2 / 924)  # all 36 pairs favour tanh: 2 / C(12, 6)
+    # the 30 pairs without the stuck run differ by 2.0 + 0.1 (i - j): 1.6 once, 1.7 twice, 1.8
+    # three times, ..., 2.0 and 2.1 five times each; the 6 with it by 75.9 to 76.4. The median
+    # (18th and 19th of 36) is 2.1; with k = 5 the interval runs from the 6th smallest, 1.8, to
+    # the 6th largest, 75.9: one stuck seed in six leaves the top of the shift open
+    assert robust.shift == pytest.approx(2.1)
+    assert (robust.ci_low, robust.ci_high) == pytest.approx((1.8, 75.9))
+
+
+def test_rank_shift_degenerate_samples():
+    few = rank_shift([1.0, 2.0], [3.0, 4.0])
+    assert (few.ci_low, few.ci_high) == (-math.inf, math.inf)  # no 95% interval from 2 x 2
+    assert few.shift == -2.0
+    same = rank_shift([1.0, 1.0], [1.0, 1.0])
+    assert same.shift == 0.0 and math.isnan(same.p)
+    empty = rank_shift([], [1.0])
+    assert math.isnan(empty.shift) and (empty.n_a, empty.n_b) == (0, 1)

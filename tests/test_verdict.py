@@ -74,11 +74,35 @@ def test_both_halves_supported_with_numbers_in_the_sentences():
     assert f"Hedges' g = {diff.hedges_g:.1f}" in narrow.sentence
     assert "Holm-adjusted p < 0.0001" in narrow.sentence
     assert narrow.sentence.endswith("Supported.")
+    assert narrow.check.startswith("Assuming nothing of the shape of the seed-to-seed variation")
+    assert "Hodges–Lehmann shift Tanh − ReLU is +2.2 points (95% CI " in narrow.check
+    assert "Mann–Whitney U = 36, Holm-adjusted p = 0.0043): it agrees." in narrow.check
     assert "ReLU is ahead by 3.0 points" in wide.sentence
     assert "+2.2 points at [-1, 1] and -3.0 points at [-5, 5]" in result.interaction
     assert "narrow minus wide: +5.2 points (95% CI " in result.interaction
     assert "the gap does change" in result.interaction
     assert result.note == ""
+
+
+def test_the_rank_check_sees_through_a_stuck_run_that_welch_cannot():
+    stuck = [83.9, 84.0, 84.1, 84.2, 84.3, 10.0]  # one ReLU seed never left chance
+    _, result = judged(four_arms(around(86.2), stuck, around(82.0), around(85.0)))
+    narrow = result.claims[0]
+    assert narrow.outcome == "inconclusive"  # the verdict follows Welch's test
+    # every one of the 36 pairs favours Tanh: exact p = 2 / C(12, 6), doubled by Holm
+    assert "Holm-adjusted p = 0.0043" in narrow.check
+    assert narrow.check.endswith("it finds a significant shift that Welch's test does not.")
+
+
+def test_the_rank_check_cannot_confirm_three_seeds_a_side():
+    # three against three can never reach p < 0.05 with ranks: the smallest p is 2 / C(6, 3)
+    tight = {("tanh", NARROW): [86.0, 86.1, 86.2], ("relu", NARROW): [84.0, 84.1, 84.2]}
+    _, result = judged(tight)
+    narrow = result.claims[0]
+    assert narrow.outcome == "supported"
+    assert "is +2.0 points (too few seeds for a 95% CI;" in narrow.check
+    assert "Mann–Whitney U = 9, Holm-adjusted p = 0.1)" in narrow.check
+    assert "it does not confirm Welch's test" in narrow.check
 
 
 def test_both_halves_contradicted_are_not_supported():
@@ -207,6 +231,9 @@ def test_markdown_has_a_headline_per_claim_then_the_sentences():
     assert "**2. ReLU does better than Tanh when the input range is wide: supported**" in text
     for sentence in (*(c.sentence for c in result.claims), result.interaction, result.runs):
         assert sentence in text
+    for claim in result.claims:
+        assert f"*Rank check.* {claim.check}" in text
+        assert text.index(claim.sentence) < text.index(claim.check)
     assert text.index("**1.") < text.index("**2.") < text.index("**Interaction.**")
 
 

@@ -18,11 +18,13 @@ import numpy as np
 from actrange.errors import UsageError
 from actrange.stats import (
     Comparison,
+    RankShift,
     Summary,
     epochs_to_reach,
     holm,
     interaction,
     loss_auc,
+    rank_shift,
     summarise,
     welch,
 )
@@ -104,7 +106,8 @@ class CellSummary:
 class RangeComparison:
     """Activation a against b at one pixel range: comparison.diff = mean(a) - mean(b).
 
-    p_holm is the comparison's p-value Holm-adjusted across all compared ranges.
+    p_holm is the comparison's p-value Holm-adjusted across all compared ranges; rank is the
+    same comparison without assuming a distribution, its p Holm-adjusted as rank_p_holm.
     """
 
     range_lo: float
@@ -113,6 +116,8 @@ class RangeComparison:
     b: CellSummary
     comparison: Comparison
     p_holm: float
+    rank: RankShift
+    rank_p_holm: float
 
     @property
     def range(self) -> Range:
@@ -319,7 +324,7 @@ def _select_lr(
 def _compare(
     chosen: dict[tuple[str, float, float], CellSummary], a: str, b: str
 ) -> tuple[tuple[RangeComparison, ...], tuple[RangeInteraction, ...]]:
-    """Welch comparison of a and b at each range, and the interaction for each pair of ranges."""
+    """Welch and rank comparisons of a and b per range, and the interaction per pair of ranges."""
     ranges = sorted(
         {(lo, hi) for (_, lo, hi) in chosen if (a, lo, hi) in chosen and (b, lo, hi) in chosen},
         key=range_order,
@@ -330,10 +335,11 @@ def _compare(
         for rng, (ca, cb) in cells.items()
     }
     tests = [welch(*accs[rng]) for rng in ranges]
-    p_holm = holm([t.p for t in tests])
+    ranks = [rank_shift(*accs[rng]) for rng in ranges]
+    p_holm, rank_holm = holm([t.p for t in tests]), holm([r.p for r in ranks])
     comparisons = tuple(
-        RangeComparison(*rng, *cells[rng], test, float(p))
-        for rng, test, p in zip(ranges, tests, p_holm, strict=True)
+        RangeComparison(*rng, *cells[rng], test, float(p), rank, float(rank_p))
+        for rng, test, p, rank, rank_p in zip(ranges, tests, p_holm, ranks, rank_holm, strict=True)
     )
     pairs = list(combinations(ranges, 2))
     gaps = [interaction(*accs[first], *accs[second]) for first, second in pairs]

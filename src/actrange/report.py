@@ -104,6 +104,8 @@ def _verdict_section(analysis: Analysis) -> list[Block]:
     for number, claim in enumerate(judged.claims, start=1):
         where = f"(judged at {verdict_range(claim.range)})" if claim.range else ""
         blocks.append(Claim(number, claim.outcome, claim.hypothesis, where, claim.sentence))
+        if claim.check:
+            blocks.append(Paragraph(claim.check, lead="Rank check."))
     blocks.append(Paragraph(judged.interaction, lead="Interaction."))
     blocks.append(Paragraph(judged.runs, lead="Runs."))
     if judged.note:
@@ -113,7 +115,10 @@ def _verdict_section(analysis: Analysis) -> list[Block]:
             f"A half is supported when the difference of mean final test accuracy points its way "
             f"with Holm-adjusted p < {judged.alpha:g} (Welch's t-test), not supported when it "
             f"points significantly the other way or its whole 95% interval lies within "
-            f"±{judged.margin:g} points, and inconclusive otherwise.",
+            f"±{judged.margin:g} points, and inconclusive otherwise. Each half's rank check "
+            f"(the Hodges–Lehmann shift with Moses' 95% interval and the Mann–Whitney U test, "
+            f"Holm-adjusted) makes the same comparison without assuming normally distributed "
+            f"accuracies and says whether it agrees; the verdict itself follows Welch's test.",
             lead="Rule.",
         )
     )

@@ -38,6 +38,8 @@ class Claim:
         outcome: one of OUTCOMES.
         reason: why, in a few words ("" when supported without caveat).
         sentence: the plain-language result with the numbers behind it.
+        check: the same comparison without assuming normal seed-to-seed variation, and whether
+            it agrees with the verdict's Welch test ("" when it could not be made).
     """
 
     half: str
@@ -46,6 +48,7 @@ class Claim:
     outcome: str
     reason: str
     sentence: str
+    check: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,35 @@ def _judge(rc: RangeComparison, direction: float, alpha: float, margin: float) -
     return "inconclusive", "the difference is significant on its own but not after Holm adjustment"
 
 
+def _rank_check(rc: RangeComparison, alpha: float) -> str:
+    """The distribution-free check of one comparison, and whether it agrees with Welch's test."""
+    rank = rc.rank
+    if math.isnan(rank.shift):
+        return ""
+    digits = _digits(rank.shift, rank.ci_low, rank.ci_high)
+    if math.isfinite(rank.ci_low):
+        interval = f"95% CI {_interval(rank.ci_low, rank.ci_high, digits)}"
+    else:
+        interval = "too few seeds for a 95% CI"
+    welch_significant, rank_significant = rc.p_holm < alpha, rc.rank_p_holm < alpha
+    if welch_significant and rank_significant:
+        same_way = (rank.shift > 0) == (rc.comparison.diff > 0)
+        agreement = "it agrees" if same_way else "it points the other way"
+    elif not (welch_significant or rank_significant):
+        agreement = "it agrees: neither test finds a significant difference"
+    elif welch_significant:
+        agreement = "it does not confirm Welch's test, so the difference may rest on a few runs"
+    else:
+        agreement = "it finds a significant shift that Welch's test does not"
+    names = f"{display_name(rc.a.activation)} − {display_name(rc.b.activation)}"
+    return (
+        f"Assuming nothing of the shape of the seed-to-seed variation, the Hodges–Lehmann "
+        f"shift {names} is {_num(rank.shift, True, digits)} points ({interval}; "
+        f"Mann–Whitney U = {rank.u:g}, "
+        f"Holm-adjusted p {_p(rc.rank_p_holm)}): {agreement}."
+    )
+
+
 def _claim(
     half: str, hypothesis: str, rc: RangeComparison, analysis: Analysis, alpha: float, margin: float
 ) -> Claim:
@@ -193,7 +225,7 @@ def _claim(
     second = _arm(rc.b, analysis.lr_selected, first=False)
     tail = outcome.capitalize() + (f": {reason}." if reason else ".")
     sentence = f"At {format_range(rc.range)}, {first} and {second}: {_difference(rc)}. {tail}"
-    return Claim(half, hypothesis, rc.range, outcome, reason, sentence)
+    return Claim(half, hypothesis, rc.range, outcome, reason, sentence, _rank_check(rc, alpha))
 
 
 def _unjudged(half: str, hypothesis: str, reason: str) -> Claim:
@@ -376,6 +408,8 @@ def verdict_markdown(v: Verdict) -> str:
         where = f" (judged at {format_range(claim.range)})" if claim.range else ""
         parts.append(f"**{number}. {claim.hypothesis}: {claim.outcome}**{where}")
         parts.append(claim.sentence)
+        if claim.check:
+            parts.append(f"*Rank check.* {claim.check}")
     parts.append(f"**Interaction.** {v.interaction}")
     parts.append(f"**Runs.** {v.runs}")
     if v.note:
