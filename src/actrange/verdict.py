@@ -201,7 +201,7 @@ def _rank_check(rc: RangeComparison, alpha: float) -> str:
         same_way = (rank.shift > 0) == (rc.comparison.diff > 0)
         agreement = "it agrees" if same_way else "it points the other way"
     elif not (welch_significant or rank_significant):
-        agreement = "it agrees: neither test finds a significant difference"
+        agreement = "it agrees; neither test finds a significant difference"
     elif welch_significant:
         agreement = "it does not confirm Welch's test, so the difference may rest on a few runs"
     else:
