@@ -98,30 +98,6 @@ def test_epochs_to_threshold_summarises_only_runs_that_reached_it():
     assert tanh.epochs_to_threshold.mean == pytest.approx(2.5)
 
 
-def test_curves_are_per_epoch_bands_over_runs():
-    key = ("tanh", -1, 1, 0.01)
-    runs, epochs = study(
-        {key: [80.0, 90.0]},
-        curves={
-            (*key, 0): ([2.0, 1.0, 0.5], [60.0, 70.0, 80.0]),
-            (*key, 1): ([3.0, 2.0, 1.5], [70.0, 80.0, 90.0]),
-        },
-    )
-    epochs = [e for e in epochs if not (e["run_id"].endswith("_1") and e["epoch"] == 3)]
-    band = cell(analyse(runs, epochs), "tanh", -1.0, 1.0).curves["train_loss"]
-    assert band.epoch.tolist() == [1, 2, 3]
-    assert band.n.tolist() == [2, 2, 1]
-    assert band.mean == pytest.approx([2.5, 1.5, 0.5])
-    # two runs one apart: std sqrt(1/2), half-width t(0.975, 1) * 0.5
-    assert band.ci_high[0] - band.mean[0] == pytest.approx(12.706204736174707 * 0.5)
-    assert band.ci_low[2] == -math.inf
-    assert set(cell(analyse(runs, epochs), "tanh", -1.0, 1.0).curves) == {
-        "train_loss",
-        "test_loss",
-        "test_accuracy",
-    }
-
-
 def test_best_learning_rate_is_selected_and_flagged():
     runs, epochs = study(
         {

@@ -41,25 +41,6 @@ CellKey = tuple[str, float, float, float]
 
 
 @dataclass(frozen=True, eq=False)
-class Band:
-    """Per-epoch mean and 95% t-interval across a cell's runs, for plotting a band.
-
-    Attributes:
-        epoch: 1-based epochs; shape [epochs].
-        mean: mean over the runs with a finite value at that epoch; shape [epochs].
-        ci_low: lower end of the 95% t-interval (-inf with one run, NaN with none); [epochs].
-        ci_high: upper end; shape [epochs].
-        n: runs with a finite value at that epoch; shape [epochs], int.
-    """
-
-    epoch: np.ndarray
-    mean: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    n: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
 class CellSummary:
     """Everything about one cell's replicated runs.
 
@@ -76,7 +57,6 @@ class CellSummary:
             that reached it only.
         reached_threshold: how many of the n runs reached it (runs without epoch rows count as
             not reaching).
-        curves: per-epoch Band for "train_loss", "test_loss" and "test_accuracy".
         seeds: the runs' seeds, ascending.
         final_accuracies: the runs' final test accuracies in seed order (NaN kept).
     """
@@ -92,7 +72,6 @@ class CellSummary:
     loss_auc: Summary
     epochs_to_threshold: Summary
     reached_threshold: int
-    curves: dict[str, Band]
     seeds: tuple[int, ...]
     final_accuracies: tuple[float, ...]
 
@@ -232,23 +211,6 @@ def _curves_by_run(
     return curves
 
 
-def _band(run_curves: list[dict[str, np.ndarray]], column: str) -> Band:
-    """Per-epoch summary of one column across runs whose epochs may differ or stop early."""
-    last = max((int(c["epoch"].max()) for c in run_curves if c["epoch"].size), default=0)
-    # values [runs, epochs], NaN where a run has no finite value for that epoch
-    values = np.full((len(run_curves), last), np.nan)
-    for i, curve in enumerate(run_curves):
-        values[i, curve["epoch"] - 1] = curve[column]
-    summaries = [summarise(col[np.isfinite(col)]) for col in values.T]
-    return Band(
-        epoch=np.arange(1, last + 1),
-        mean=np.array([s.mean for s in summaries]),
-        ci_low=np.array([s.ci_low for s in summaries]),
-        ci_high=np.array([s.ci_high for s in summaries]),
-        n=np.array([s.n for s in summaries], dtype=int),
-    )
-
-
 def _finite(values: Iterable[float]) -> np.ndarray:
     """The finite entries of values as a float array."""
     array = np.asarray(list(values), dtype=float)
@@ -279,7 +241,6 @@ def _summarise_cell(
         loss_auc=summarise(_finite(aucs)),
         epochs_to_threshold=summarise(_finite(reach)),
         reached_threshold=int(np.isfinite(reach).sum()),
-        curves={column: _band(present, column) for column in CURVE_COLUMNS},
         seeds=tuple(int(_number(r, "seed", "results.csv")) for r in rows),
         final_accuracies=tuple(accuracies),
     )
