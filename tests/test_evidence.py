@@ -4,13 +4,7 @@ import pytest
 
 from actrange.columns import HIDDEN_LAYERS, LAYER_COLUMNS, RUN_COLUMNS
 from actrange.errors import UsageError
-from actrange.evidence import (
-    cells_at_range,
-    display_activation,
-    evidence_sentences,
-    format_range,
-    group_cells,
-)
+from actrange.evidence import cells_at_range, evidence_sentences, group_cells
 
 EPOCHS = (1, 2, 3)
 
@@ -151,15 +145,6 @@ def test_early_epoch_must_be_positive():
     runs, layers = _study()
     with pytest.raises(UsageError, match="early epoch"):
         evidence_sentences(runs, layers, early_epoch=0)
-
-
-def test_labels_and_ranges_are_compact():
-    assert format_range(-1.0, 1.0) == "[-1, 1]"
-    assert format_range(-0.5, 10) == "[-0.5, 10]"
-    assert format_range(-0.0, 1) == "[0, 1]"
-    assert display_activation("leaky_relu") == "LeakyReLU"
-    assert display_activation("tanh>relu@5") == "Tanh→ReLU@5"
-    assert display_activation("custom") == "custom"
 
 
 def test_cells_group_seeds_and_order_by_range():

@@ -3,7 +3,7 @@ import pytest
 
 from actrange.analysis import analyse
 from actrange.errors import UsageError
-from actrange.verdict import display_name, verdict, verdict_markdown
+from actrange.verdict import verdict, verdict_markdown
 
 NARROW, WIDE = (-1, 1), (-5, 5)
 
@@ -244,12 +244,6 @@ def test_bad_thresholds_are_usage_errors(kwargs, message):
     analysis = analyse(*study({("tanh", NARROW): around(86.0), ("relu", NARROW): around(84.0)}))
     with pytest.raises(UsageError, match=message):
         verdict(analysis, **kwargs)
-
-
-def test_display_names():
-    assert display_name("relu") == "ReLU"
-    assert display_name("tanh>relu@5") == "Tanh→ReLU (switch at epoch 5)"
-    assert display_name("mish") == "mish"
 
 
 def test_ranges_of_equal_width_judge_one_half_only():

@@ -20,7 +20,8 @@ MAX_SEED = 2**63 - 1
 
 def format_number(value: float) -> str:
     """Compact text for a range bound or rate: 1.0 -> "1", 0.5 -> "0.5", -10.0 -> "-10"."""
-    return f"{value:g}"
+    text = f"{float(value):g}"
+    return "0" if text == "-0" else text
 
 
 @dataclass(frozen=True)

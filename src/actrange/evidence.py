@@ -1,7 +1,7 @@
 """The "why" of the results in words: sentences tying each cell's accuracy to its layer statistics.
 
 A cell is a set of runs that differ only in their seed: same activation schedule, input range and
-learning rate. The grouping and the label formatting here are shared with the figures.
+learning rate. The grouping here is shared with the figures.
 """
 
 import math
@@ -13,37 +13,10 @@ import numpy as np
 
 from actrange.activations import ACTIVATIONS
 from actrange.columns import HIDDEN_LAYERS
+from actrange.config import format_number
 from actrange.diagnostics import SATURATION_MARGIN
 from actrange.errors import UsageError
-
-_DISPLAY_NAMES = {
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "gelu": "GELU",
-    "silu": "SiLU",
-    "leaky_relu": "LeakyReLU",
-    "elu": "ELU",
-    "sigmoid": "Sigmoid",
-    "softsign": "Softsign",
-}
-
-
-def format_number(value: float) -> str:
-    """Compact number for labels: -1, 0.5, -10, 0.001."""
-    text = f"{float(value):g}"
-    return "0" if text == "-0" else text
-
-
-def format_range(lo: float, hi: float) -> str:
-    """An input range as "[-1, 1]"."""
-    return f"[{format_number(lo)}, {format_number(hi)}]"
-
-
-def display_activation(label: str) -> str:
-    """Readable activation schedule: "relu" -> "ReLU", "tanh>relu@5" -> "Tanh→ReLU@5"."""
-    names, at, epoch = label.partition("@")
-    shown = "→".join(_DISPLAY_NAMES.get(name, name) for name in names.split(">"))
-    return f"{shown}@{epoch}" if at else shown
+from actrange.wording import display_activation, format_range
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from actrange.errors import UsageError
-from actrange.evidence import cells_at_range, format_range, index_by_run, series, several_lrs
+from actrange.evidence import cells_at_range, index_by_run, series, several_lrs
 from actrange.plotting import cell_colour, epoch_axis, mark_switch, mean_band
+from actrange.wording import format_range
 
 # what a per-epoch quantity can never go beyond, so its band is drawn inside it
 _BOUNDS = {"test_accuracy": (0.0, 100.0), "train_loss": (0.0, np.inf), "test_loss": (0.0, np.inf)}

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from actrange.columns import HIDDEN_LAYERS
 from actrange.errors import UsageError
-from actrange.evidence import Cell, cells_at_range, format_range, index_by_run, series, several_lrs
+from actrange.evidence import Cell, cells_at_range, index_by_run, series, several_lrs
 from actrange.plotting import (
     PAIR_COLOURS,
     cell_colour,
@@ -24,6 +24,7 @@ from actrange.plotting import (
     panel_grid,
     seed_mean,
 )
+from actrange.wording import format_range
 
 
 def _violin_group(ax, data_a: list, data_b: list, epoch_indices: Sequence[int]) -> None:

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from actrange.evidence import Cell, display_activation
+from actrange.evidence import Cell
+from actrange.wording import display_activation
 
 CELL_COLOURS = plt.get_cmap("tab10").colors
 PAIR_COLOURS = ("tab:blue", "tab:red")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from actrange.analysis import ANALYSED_STATUSES, Analysis, CellSummary, analyse, range_order
-from actrange.evidence import display_activation, format_number, format_range
+from actrange.config import format_number
 from actrange.exports import ResultSet, load_results
 from actrange.report_figures import SECTIONS, FigureWriter, ReportData
 from actrange.report_render import (
@@ -28,8 +28,8 @@ from actrange.report_render import (
 )
 from actrange.stats import Summary
 from actrange.store import Store, write_atomically
-from actrange.verdict import format_range as verdict_range
 from actrange.verdict import verdict
+from actrange.wording import display_activation, format_range
 
 DEFAULT_THRESHOLD = 80.0
 DEFAULT_SPLIT_EPOCH = 5
@@ -102,7 +102,7 @@ def _verdict_section(analysis: Analysis) -> list[Block]:
     judged = verdict(analysis)
     blocks: list[Block] = [Heading("Verdict")]
     for number, claim in enumerate(judged.claims, start=1):
-        where = f"(judged at {verdict_range(claim.range)})" if claim.range else ""
+        where = f"(judged at {format_range(*claim.range)})" if claim.range else ""
         blocks.append(Claim(number, claim.outcome, claim.hypothesis, where, claim.sentence))
         if claim.check:
             blocks.append(Paragraph(claim.check, lead="Rank check."))

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from actrange.analysis import Analysis, CellSummary, Range
 from actrange.data import CLASS_NAMES
 from actrange.errors import UsageError
-from actrange.evidence import display_activation, evidence_sentences, format_range
+from actrange.evidence import evidence_sentences
 from actrange.exports import ResultSet
 from actrange.figures import (
     accuracy_curves,
@@ -35,6 +35,7 @@ from actrange.layer_figures import (
     violin_comparison,
 )
 from actrange.report_render import Block, Heading, Image, Items, Paragraph
+from actrange.wording import display_activation, format_range
 
 # the stems of every figure name written here; a stale file with one of them is removed
 FIGURE_PREFIXES = (

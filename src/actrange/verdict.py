@@ -10,21 +10,12 @@ from dataclasses import dataclass
 
 from actrange.analysis import Analysis, CellSummary, Range, RangeComparison
 from actrange.errors import UsageError
+from actrange.wording import display_name, format_range
 
 OUTCOMES: tuple[str, ...] = ("supported", "not supported", "inconclusive")
 # the hypothesis' own examples; a lone range is judged for the half whose example width is nearer
 NARROW_EXAMPLE: Range = (-1.0, 1.0)
 WIDE_EXAMPLE: Range = (-5.0, 5.0)
-_DISPLAY = {
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "gelu": "GELU",
-    "silu": "SiLU",
-    "elu": "ELU",
-    "leaky_relu": "Leaky ReLU",
-    "sigmoid": "Sigmoid",
-    "softsign": "Softsign",
-}
 
 
 @dataclass(frozen=True)
@@ -70,20 +61,6 @@ class Verdict:
     note: str
     alpha: float
     margin: float
-
-
-def display_name(label: str) -> str:
-    """Readable name of an activation label: "relu" -> "ReLU", "tanh>relu@5" -> a switch."""
-    if ">" in label and "@" in label:
-        start, rest = label.split(">", 1)
-        target, epoch = rest.split("@", 1)
-        return f"{display_name(start)}→{display_name(target)} (switch at epoch {epoch})"
-    return _DISPLAY.get(label, label)
-
-
-def format_range(rng: Range) -> str:
-    """A pixel range as "[-1, 1]"."""
-    return f"[{rng[0]:g}, {rng[1]:g}]"
 
 
 def _digits(*values: float) -> int:
@@ -224,7 +201,7 @@ def _claim(
     first = _arm(rc.a, analysis.lr_selected, first=True)
     second = _arm(rc.b, analysis.lr_selected, first=False)
     tail = outcome.capitalize() + (f": {reason}." if reason else ".")
-    sentence = f"At {format_range(rc.range)}, {first} and {second}: {_difference(rc)}. {tail}"
+    sentence = f"At {format_range(*rc.range)}, {first} and {second}: {_difference(rc)}. {tail}"
     return Claim(half, hypothesis, rc.range, outcome, reason, sentence, _rank_check(rc, alpha))
 
 
@@ -302,15 +279,15 @@ def _interaction_sentence(
         change = "the data do not show that the gap changes with the range."
     return (
         f"The {gap} is {_num(narrow.comparison.diff, True, digits)} points at "
-        f"{format_range(narrow.range)} and {_num(wide.comparison.diff, True, digits)} points at "
-        f"{format_range(wide.range)}; narrow minus wide: {_num(c.diff, True, digits)} points "
+        f"{format_range(*narrow.range)} and {_num(wide.comparison.diff, True, digits)} points at "
+        f"{format_range(*wide.range)}; narrow minus wide: {_num(c.diff, True, digits)} points "
         f"({test}): {change}"
     )
 
 
 def _cell_name(cell: CellSummary) -> str:
     """A cell in words: "ReLU at [-5, 5], lr 0.1"."""
-    return f"{display_name(cell.activation)} at {format_range(cell.range)}, lr {cell.lr:g}"
+    return f"{display_name(cell.activation)} at {format_range(*cell.range)}, lr {cell.lr:g}"
 
 
 def _runs_sentence(analysis: Analysis) -> str:
@@ -405,7 +382,7 @@ def verdict_markdown(v: Verdict) -> str:
     """The verdict as a short Markdown block: a headline per claim, then the sentences."""
     parts = []
     for number, claim in enumerate(v.claims, start=1):
-        where = f" (judged at {format_range(claim.range)})" if claim.range else ""
+        where = f" (judged at {format_range(*claim.range)})" if claim.range else ""
         parts.append(f"**{number}. {claim.hypothesis}: {claim.outcome}**{where}")
         parts.append(claim.sentence)
         if claim.check:
