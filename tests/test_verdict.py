@@ -102,7 +102,24 @@ def test_the_rank_check_cannot_confirm_three_seeds_a_side():
     assert narrow.outcome == "supported"
     assert "is +2.0 points (too few seeds for a 95% CI;" in narrow.check
     assert "Mann–Whitney U = 9, Holm-adjusted p = 0.1)" in narrow.check
-    assert "it does not confirm Welch's test" in narrow.check
+    assert narrow.check.endswith(
+        "it cannot confirm Welch's test: with 3 and 3 seeds no rank test reaches p < 0.05."
+    )
+
+
+def test_the_rank_check_doubts_a_difference_of_means_that_the_ranks_do_not_bear_out():
+    # Tanh's two lowest seeds sit among ReLU's, so the ranks interleave (Mann-Whitney p = 0.11),
+    # while ReLU's 84.5 pulls its mean down far enough for Welch's test (p = 0.021)
+    interleaved = {
+        ("tanh", NARROW): [87.3, 85.9, 87.1, 85.8, 87.2, 86.6],
+        ("relu", NARROW): [85.9, 84.5, 86.0, 86.1, 86.0, 85.3],
+    }
+    _, result = judged(interleaved)
+    narrow = result.claims[0]
+    assert narrow.outcome == "supported"
+    assert narrow.check.endswith(
+        "it does not confirm Welch's test, so the difference may rest on a few runs."
+    )
 
 
 def test_both_halves_contradicted_are_not_supported():

@@ -179,6 +179,12 @@ def _rank_check(rc: RangeComparison, alpha: float) -> str:
         agreement = "it agrees" if same_way else "it points the other way"
     elif not (welch_significant or rank_significant):
         agreement = "it agrees; neither test finds a significant difference"
+    elif welch_significant and 2 / math.comb(rank.n_a + rank.n_b, rank.n_a) >= alpha:
+        # the smallest two-sided p any ordering can give, before Holm's adjustment
+        seeds = f"{rank.n_a} and {rank.n_b} seeds"
+        agreement = (
+            f"it cannot confirm Welch's test: with {seeds} no rank test reaches p < {alpha:g}"
+        )
     elif welch_significant:
         agreement = "it does not confirm Welch's test, so the difference may rest on a few runs"
     else:
@@ -187,8 +193,7 @@ def _rank_check(rc: RangeComparison, alpha: float) -> str:
     return (
         f"Assuming nothing of the shape of the seed-to-seed variation, the Hodges–Lehmann "
         f"shift {names} is {_num(rank.shift, True, digits)} points ({interval}; "
-        f"Mann–Whitney U = {rank.u:g}, "
-        f"Holm-adjusted p {_p(rc.rank_p_holm)}): {agreement}."
+        f"Mann–Whitney U = {rank.u:g}, Holm-adjusted p {_p(rc.rank_p_holm)}): {agreement}."
     )
 
 
