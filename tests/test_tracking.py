@@ -197,6 +197,8 @@ def test_mlflow_run_left_unfinished_is_continued_by_the_next_process(logged, tmp
     assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
 
     second = MlflowTracker(config, tmp_path)
+    # epoch 1 trained again (the stop came before its checkpoint) to the same numbers
+    second.log_epoch(run, "feedc0de00000001", fabricated_row("feedc0de00000001", 1, 2.0), [])
     second.log_epoch(run, "feedc0de00000001", fabricated_row("feedc0de00000001", 2, 1.5), [])
     summary = {
         "status": "finished",
@@ -215,6 +217,22 @@ def test_mlflow_run_left_unfinished_is_continued_by_the_next_process(logged, tmp
     assert only.info.status == "FINISHED"
     history = client.get_metric_history(only.info.run_id, "train_loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.5)]
+
+
+@pytest.mark.slow
+def test_an_epoch_trained_again_to_other_numbers_is_logged_beside_the_first(logged, tmp_path):
+    config = replace(logged["config"], name="retrained")
+    run, rid = logged["sweep"].runs[0], "feedc0de00000002"
+    first = MlflowTracker(config, tmp_path)
+    first.log_epoch(run, rid, fabricated_row(rid, 1, 2.0), [])
+    first.close()
+    second = MlflowTracker(config, tmp_path)
+    second.log_epoch(run, rid, fabricated_row(rid, 1, 2.125), [])  # on another machine, say
+    second.close()
+    client = mlflow_client(tmp_path)
+    (only,) = client.search_runs([client.get_experiment_by_name("retrained").experiment_id])
+    history = client.get_metric_history(only.info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (1, 2.125)]
 
 
 @pytest.mark.slow

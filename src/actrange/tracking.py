@@ -92,7 +92,10 @@ class MlflowTracker:
     store ``mlflow.db`` and artefacts under ``mlruns/``. Any other value is a tracking URI (a
     server, or ``sqlite:///path``). Runs of one group are logged interleaved, so every call
     names its MLflow run explicitly. A run resumed after an interruption continues the MLflow
-    run left unfinished; epochs trained again are logged again at the same steps.
+    run left unfinished. An epoch trained again after the interruption (the stop came after it
+    was logged but before its checkpoint was written, or the run keeps no checkpoints) is
+    logged again only if its numbers came out different, so a resumed run's history holds
+    each epoch once.
     """
 
     def __init__(self, config: ExperimentConfig, out_dir: Path) -> None:
@@ -114,6 +117,8 @@ class MlflowTracker:
             reason = " ".join(str(error.message).split())
             raise UsageError(f"MLflow at {self.uri!r} cannot be used: {reason}") from None
         self._runs: dict[str, str] = {}  # actrange run id -> MLflow run id
+        # actrange run id -> what earlier processes logged for it: metric -> step -> value
+        self._earlier: dict[str, dict[str, dict[int, float]]] = {}
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -144,6 +149,7 @@ class MlflowTracker:
         if unfinished:
             mlflow_id = unfinished[0].info.run_id
             self.client.update_run(mlflow_id, status="RUNNING")
+            self._earlier[rid] = self._history(mlflow_id, EPOCH_METRICS)
         else:
             created = self.client.create_run(
                 self.experiment_id, tags={RUN_ID_TAG: rid}, run_name=run_name(run)
@@ -159,10 +165,13 @@ class MlflowTracker:
     def log_epoch(self, run: RunConfig, rid: str, row: dict, layer_rows: list[dict]) -> None:
         """Log one epoch's losses and accuracy at step = epoch."""
         mlflow_id = self._mlflow_run(run, rid)
+        epoch, earlier = row["epoch"], self._earlier.get(rid, {})
+        if all(earlier.get(k, {}).get(epoch) == float(row[k]) for k in EPOCH_METRICS):
+            return  # trained again after a restart to the same numbers: logged already
         now = int(time.time() * 1000)
         metric = self._entities.Metric
-        metrics = [metric(k, float(row[k]), now, row["epoch"]) for k in EPOCH_METRICS]
-        metrics.append(metric("epoch_seconds", float(row["seconds"]), now, row["epoch"]))
+        metrics = [metric(k, float(row[k]), now, epoch) for k in EPOCH_METRICS]
+        metrics.append(metric("epoch_seconds", float(row["seconds"]), now, epoch))
         self.client.log_batch(mlflow_id, metrics=metrics)
 
     def end_run(self, run: RunConfig, rid: str, summary: dict, arrays: dict) -> None:
@@ -181,15 +190,18 @@ class MlflowTracker:
             np.savez_compressed(arrays_path, **arrays)
             self.client.log_artifact(mlflow_id, str(arrays_path))
             figure_path = Path(folder) / "loss_curves.png"
-            loss_curve_figure(self._history(mlflow_id), run_name(run)).savefig(figure_path, dpi=90)
+            losses = self._history(mlflow_id, ("train_loss", "test_loss"))
+            loss_curve_figure(losses, run_name(run)).savefig(figure_path, dpi=90)
             self.client.log_artifact(mlflow_id, str(figure_path))
         self.client.set_terminated(mlflow_id, status="FINISHED")
         del self._runs[rid]
+        self._earlier.pop(rid, None)
 
-    def _history(self, mlflow_id: str) -> dict[str, dict[int, float]]:
-        """The losses as MLflow holds them, earlier processes' epochs included."""
+    def _history(self, mlflow_id: str, keys: tuple[str, ...]) -> dict[str, dict[int, float]]:
+        """The metrics as MLflow holds them, earlier processes' epochs included: the last value
+        logged at each step."""
         history = {}
-        for key in ("train_loss", "test_loss"):
+        for key in keys:
             points = self.client.get_metric_history(mlflow_id, key)
             history[key] = {m.step: m.value for m in sorted(points, key=lambda m: m.timestamp)}
         return history
