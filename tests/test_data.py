@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from actrange import data
+from actrange import data, data_files
 from actrange.errors import UsageError
 
 N_TRAIN, N_TEST = 5, 3
@@ -69,16 +69,15 @@ def fake_set(offset: int = 0) -> dict[str, bytes]:
 def write_set(directory: Path, gz: bool = True, offset: int = 0) -> dict[str, Path]:
     """Write the four fake files under their real names; return their paths by key."""
     contents = fake_set(offset)
-    return {
-        key: write(directory / spec.raw_name, contents[key], gz) for key, spec in data.FILES.items()
-    }
+    specs = data_files.FILES.items()
+    return {key: write(directory / spec.raw_name, contents[key], gz) for key, spec in specs}
 
 
-def fake_specs(offset: int = 0, gz_md5: str | None = None) -> dict[str, data.FileSpec]:
+def fake_specs(offset: int = 0, gz_md5: str | None = None) -> dict[str, data_files.FileSpec]:
     """FILES for the fake set: its counts and md5s (.gz md5s of ``gzip.compress(mtime=0)``)."""
     contents = fake_set(offset)
     specs = {}
-    for key, spec in data.FILES.items():
+    for key, spec in data_files.FILES.items():
         raw = contents[key]
         specs[key] = dataclasses.replace(
             spec,
@@ -104,10 +103,10 @@ def isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ACTRANGE_CACHE", str(tmp_path / "cache"))
     # a download a test did not mean to make fails fast, locally
-    monkeypatch.setattr(data, "MIRRORS", (dead_url(),))
+    monkeypatch.setattr(data_files, "MIRRORS", (dead_url(),))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+    monkeypatch.setattr(data_files, "DEBIAN_DIR", tmp_path / "debian")
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path
@@ -219,7 +218,7 @@ def test_load_fake_set_without_verify(tmp_path, gz):
 
 def test_load_verifies_counts_and_md5_when_they_match(tmp_path, monkeypatch):
     write_set(tmp_path / "d", gz=True)
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     fmnist = data.load_fashion_mnist(tmp_path / "d", verify=True)
     assert fmnist.train_labels.tolist() == [9, 0, 3, 5, 1]
 
@@ -235,7 +234,7 @@ def test_md5_mismatch_names_file(tmp_path, monkeypatch):
     paths = write_set(tmp_path / "d", gz=True)
     specs = fake_specs()
     specs["test_labels"] = dataclasses.replace(specs["test_labels"], raw_md5="0" * 32)
-    monkeypatch.setattr(data, "FILES", specs)
+    monkeypatch.setattr(data_files, "FILES", specs)
     with pytest.raises(UsageError, match="md5 of the decompressed bytes") as err:
         data.load_fashion_mnist(tmp_path / "d", verify=True)
     assert str(paths["test_labels"]) in str(err.value)
@@ -245,9 +244,9 @@ def test_md5_mismatch_names_file(tmp_path, monkeypatch):
 
 def test_md5_is_of_decompressed_bytes_so_recompressed_gz_passes(tmp_path, monkeypatch):
     paths = write_set(tmp_path / "d", gz=True)
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     recompressed = gzip.compress(gzip.decompress(paths["train_images"].read_bytes()), 1, mtime=7)
-    assert hashlib.md5(recompressed).hexdigest() != data.FILES["train_images"].gz_md5
+    assert hashlib.md5(recompressed).hexdigest() != data_files.FILES["train_images"].gz_md5
     paths["train_images"].write_bytes(recompressed)
     assert data.load_fashion_mnist(tmp_path / "d").train_images.shape == (N_TRAIN, 28, 28)
 
@@ -277,15 +276,15 @@ def test_search_order_explicit_then_cache_then_debian_then_cwd(isolated, monkeyp
     cwd_data, debian = Path("data") / "FashionMNIST" / "raw", isolated / "debian"
     cache, explicit = isolated / "cache", isolated / "explicit"
     write_set(cwd_data, offset=4)
-    assert data.find_data_dir() == Path.cwd() / cwd_data
+    assert data_files.find_data_dir() == Path.cwd() / cwd_data
     write_set(debian, offset=3)
-    assert data.find_data_dir() == debian
+    assert data_files.find_data_dir() == debian
     write_set(cache, offset=2, gz=False)
-    assert data.find_data_dir() == cache
+    assert data_files.find_data_dir() == cache
     write_set(explicit, offset=1)
-    assert data.find_data_dir(explicit) == explicit
+    assert data_files.find_data_dir(explicit) == explicit
     monkeypatch.setenv("ACTRANGE_DATA", str(explicit))
-    assert data.find_data_dir() == explicit
+    assert data_files.find_data_dir() == explicit
 
     # the set loaded is the one from the winning place
     fmnist = data.load_fashion_mnist(verify=False)
@@ -297,7 +296,7 @@ def test_argument_beats_environment(isolated, monkeypatch):
     write_set(isolated / "arg")
     write_set(isolated / "env")
     monkeypatch.setenv("ACTRANGE_DATA", str(isolated / "env"))
-    assert data.find_data_dir(isolated / "arg") == isolated / "arg"
+    assert data_files.find_data_dir(isolated / "arg") == isolated / "arg"
 
 
 @pytest.mark.parametrize("root", ["data", "data_project2_DL"])
@@ -310,7 +309,7 @@ def test_torchvision_layout_in_cwd(root):
 
 def test_torchvision_layout_under_explicit_dir(isolated):
     write_set(isolated / "explicit" / "FashionMNIST" / "raw")
-    assert data.find_data_dir(isolated / "explicit") == isolated / "explicit/FashionMNIST/raw"
+    assert data_files.find_data_dir(isolated / "explicit") == isolated / "explicit/FashionMNIST/raw"
 
 
 def test_mixed_gzipped_and_raw_files_are_accepted(isolated):
@@ -330,12 +329,12 @@ def test_explicit_dir_without_files_is_an_error_not_a_fall_through(isolated, mon
     if via_env:
         monkeypatch.setenv("ACTRANGE_DATA", str(isolated / "empty"))
     with pytest.raises(UsageError, match="does not hold the Fashion-MNIST files") as err:
-        data.find_data_dir(None if via_env else isolated / "empty")
+        data_files.find_data_dir(None if via_env else isolated / "empty")
     assert str(isolated / "empty") in str(err.value)
 
 
 def test_nothing_found_without_download(isolated):
-    assert data.find_data_dir() is None
+    assert data_files.find_data_dir() is None
     with pytest.raises(UsageError, match="download disabled") as err:
         data.load_fashion_mnist(download=False)
     message = str(err.value)
@@ -350,30 +349,30 @@ def test_nothing_found_without_download(isolated):
 
 
 def test_download_lands_in_cache_and_loads(isolated, monkeypatch, server):
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     fmnist = data.load_fashion_mnist(mirrors=[server])
     assert fmnist.source == f"download: {server}"
     assert fmnist.train_labels.tolist() == [9, 0, 3, 5, 1]
-    for spec in data.FILES.values():
+    for spec in data_files.FILES.values():
         assert (isolated / "cache" / spec.name).is_file()
     # the next load finds the cached files without the server
-    assert data.find_data_dir() == isolated / "cache"
+    assert data_files.find_data_dir() == isolated / "cache"
 
 
 def test_download_falls_back_to_next_mirror(monkeypatch, server):
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     fmnist = data.load_fashion_mnist(mirrors=[dead_url(), server + "missing/", server])
     assert fmnist.source == f"download: {server}"
 
 
 def test_download_mirror_from_environment(monkeypatch, server):
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     monkeypatch.setenv("ACTRANGE_MIRROR", server.rstrip("/"))
     assert data.load_fashion_mnist().source == f"download: {server}"
 
 
 def test_download_404_is_a_usage_error(monkeypatch, server):
-    monkeypatch.setattr(data, "FILES", fake_specs())
+    monkeypatch.setattr(data_files, "FILES", fake_specs())
     with pytest.raises(UsageError, match="404") as err:
         data.load_fashion_mnist(mirrors=[server + "missing/"])
     assert "apt-get install dataset-fashion-mnist" in str(err.value)
@@ -388,7 +387,7 @@ def test_download_nothing_listening_is_a_usage_error():
 
 
 def test_download_with_wrong_gz_md5_is_rejected(isolated, monkeypatch, server):
-    monkeypatch.setattr(data, "FILES", fake_specs(gz_md5="0" * 32))
+    monkeypatch.setattr(data_files, "FILES", fake_specs(gz_md5="0" * 32))
     with pytest.raises(UsageError, match="apt-get install dataset-fashion-mnist"):
         data.load_fashion_mnist(mirrors=[server])
     assert not (isolated / "cache" / "train-images-idx3-ubyte.gz").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actrange import data as data_module
+from actrange import data_files
 from actrange import store as store_module
 from actrange.cli import main
 from tests.helpers import synthetic_dataset, write_idx
@@ -115,7 +115,7 @@ def test_missing_experiment_file(idx_dir, tmp_path, capsys):
 
 
 def test_data_missing_with_no_network_says_how_to_get_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data_module, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data_files, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.setenv("ACTRANGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("ACTRANGE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -1,25 +1,23 @@
-"""Fashion-MNIST: find the four IDX files, fetch them if allowed, check them, load them as tensors.
+"""Fashion-MNIST as tensors: the four IDX files read, checked and loaded; pixels normalised.
 
-The files are looked for, in order, in an explicit directory (argument or ACTRANGE_DATA), the
-user cache (ACTRANGE_CACHE overrides it), the Debian package directory, and ./data or
-./data_project2_DL in the working directory. In each place a file may be gzipped or not, and may
-sit directly in the directory or in the torchvision layout ``FashionMNIST/raw/``.
+Where the files are found, and how they are fetched when allowed, is actrange.data_files; what
+is read here is checked here (IDX header, lengths, label values, counts, md5 of the decompressed
+bytes), whichever place the files came from.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pooch
 import torch
 
+from actrange import data_files
 from actrange.errors import UsageError
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -35,73 +33,10 @@ CLASS_NAMES: tuple[str, ...] = (
     "Ankle boot",
 )
 
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One of the four Fashion-MNIST files as published.
-
-    Attributes:
-        name: the published (gzipped) file name, e.g. ``train-images-idx3-ubyte.gz``.
-        gz_md5: md5 of the published .gz bytes; only downloads are checked against it.
-        raw_md5: md5 of the decompressed bytes; identical for every repackaging of the data.
-        count: number of images or labels the file holds.
-    """
-
-    name: str
-    gz_md5: str
-    raw_md5: str
-    count: int
-
-    @property
-    def raw_name(self) -> str:
-        """The file name without the ``.gz`` suffix."""
-        return self.name.removesuffix(".gz")
-
-
-FILES: dict[str, FileSpec] = {
-    "train_images": FileSpec(
-        "train-images-idx3-ubyte.gz",
-        gz_md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        raw_md5="f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        count=60000,
-    ),
-    "train_labels": FileSpec(
-        "train-labels-idx1-ubyte.gz",
-        gz_md5="25c81989df183df01b3e8a0aad5dffbe",
-        raw_md5="9018921c3c673c538a1fc5bad174d6f9",
-        count=60000,
-    ),
-    "test_images": FileSpec(
-        "t10k-images-idx3-ubyte.gz",
-        gz_md5="bef4ecab320f06d8554ea6380940ec79",
-        raw_md5="8181f5470baa50b63fa0f6fddb340f0a",
-        count=10000,
-    ),
-    "test_labels": FileSpec(
-        "t10k-labels-idx1-ubyte.gz",
-        gz_md5="bb300cfdad3c16e7a12a480ee83cd310",
-        raw_md5="15d484375f8d13e6eb1aabb0c3f46965",
-        count=10000,
-    ),
-}
-
-MIRRORS: tuple[str, ...] = (
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
-)
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-CWD_ROOTS: tuple[str, ...] = ("data", "data_project2_DL")
-TORCHVISION_SUBDIR = Path("FashionMNIST", "raw")
-
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 IMAGE_SIDE = 28
 NUM_CLASSES = len(CLASS_NAMES)
-
-HOW_TO_GET = (
-    "get it with `apt-get install dataset-fashion-mnist`, or put the four files in a directory "
-    "and pass --data DIR or set ACTRANGE_DATA, or allow the download"
-)
 
 
 @dataclass(frozen=True)
@@ -218,117 +153,13 @@ def read_idx_labels(path: Path) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# finding the files
-
-
-def cache_dir() -> Path:
-    """The user cache directory for downloads: ACTRANGE_CACHE if set, else pooch's os cache."""
-    override = os.environ.get("ACTRANGE_CACHE")
-    return Path(override) if override else Path(pooch.os_cache("actrange"))
-
-
-def _file_in(directory: Path, spec: FileSpec) -> Path | None:
-    """The file for ``spec`` in ``directory``, preferring the decompressed one (faster to read)."""
-    for name in (spec.raw_name, spec.name):
-        candidate = directory / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _holding_dir(root: Path) -> Path | None:
-    """``root`` or ``root/FashionMNIST/raw``, whichever holds all four files."""
-    for directory in (root, root / TORCHVISION_SUBDIR):
-        if all(_file_in(directory, spec) for spec in FILES.values()):
-            return directory
-    return None
-
-
-def _default_roots() -> list[Path]:
-    """The places searched when no directory is given, in order."""
-    return [cache_dir(), DEBIAN_DIR, *(Path.cwd() / root for root in CWD_ROOTS)]
-
-
-def find_data_dir(data_dir: Path | None = None) -> Path | None:
-    """Find the directory holding the four Fashion-MNIST files.
-
-    Args:
-        data_dir: a directory to use instead of searching; ACTRANGE_DATA plays the same role
-            when this is None. Its ``FashionMNIST/raw`` subdirectory is accepted too.
-
-    Returns:
-        The directory holding the files (gzipped or not), or None when no searched place has them.
-
-    Raises:
-        UsageError: when an explicit directory (argument or ACTRANGE_DATA) lacks the files.
-    """
-    explicit = data_dir if data_dir is not None else os.environ.get("ACTRANGE_DATA") or None
-    if explicit is not None:
-        found = _holding_dir(Path(explicit))
-        if found is None:
-            names = ", ".join(spec.name for spec in FILES.values())
-            raise UsageError(
-                f"data directory {explicit} does not hold the Fashion-MNIST files ({names}, "
-                f"gzipped or not, directly or under {TORCHVISION_SUBDIR}/); point --data or "
-                "ACTRANGE_DATA at the directory holding them, or leave both unset to search"
-            )
-        return found
-    for root in _default_roots():
-        found = _holding_dir(root)
-        if found is not None:
-            return found
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# downloading
-
-
-def _mirrors(mirrors: Sequence[str] | None) -> list[str]:
-    """The mirror base urls to try: the argument, else ACTRANGE_MIRROR (comma-separated), else
-    the published ones; each ending in '/'."""
-    if mirrors is None:
-        env = os.environ.get("ACTRANGE_MIRROR", "")
-        mirrors = [url for url in env.split(",") if url.strip()] or list(MIRRORS)
-    return [url.strip().rstrip("/") + "/" for url in mirrors]
-
-
-def _download(mirrors: list[str], target: Path) -> str:
-    """Fetch the four .gz files into ``target`` from the first mirror that serves them all.
-
-    Returns:
-        The url of the mirror used.
-
-    Raises:
-        UsageError: when every mirror fails; the message lists each mirror's failure.
-    """
-    failures = []
-    for mirror in mirrors:
-        try:
-            for spec in FILES.values():
-                pooch.retrieve(
-                    mirror + spec.name,
-                    known_hash=f"md5:{spec.gz_md5}",
-                    fname=spec.name,
-                    path=target,
-                    progressbar=False,
-                )
-            return mirror
-        # requests' errors are OSErrors; a checksum mismatch is a ValueError
-        except (OSError, ValueError) as err:
-            reason = " ".join(str(err).split())[:200]
-            failures.append(f"{mirror}: {type(err).__name__}: {reason}")
-    raise UsageError(f"download failed ({'; '.join(failures)})")
-
-
-# ---------------------------------------------------------------------------------------------
 # loading the set
 
 
 def _load_file(directory: Path, key: str, verify: bool) -> torch.Tensor:
     """Read, parse and (when ``verify``) check count and md5 of one of the four files."""
-    spec = FILES[key]
-    path = _file_in(directory, spec)
+    spec = data_files.FILES[key]
+    path = data_files.file_in(directory, spec)
     data = _read_bytes(path)
     tensor = _parse_images(data, path) if key.endswith("images") else _parse_labels(data, path)
     if verify and len(tensor) != spec.count:
@@ -346,18 +177,11 @@ def _load_file(directory: Path, key: str, verify: bool) -> torch.Tensor:
 def _check_pair(directory: Path, images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
     """Images and labels of one split must have the same count."""
     if len(images) != len(labels):
-        image_path = _file_in(directory, FILES[f"{split}_images"])
-        label_path = _file_in(directory, FILES[f"{split}_labels"])
+        image_path = data_files.file_in(directory, data_files.FILES[f"{split}_images"])
+        label_path = data_files.file_in(directory, data_files.FILES[f"{split}_labels"])
         raise UsageError(
             f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels"
         )
-
-
-def _not_found_message(download: bool, reason: str) -> str:
-    """One line: where we looked, why we did not download, and how to get the data."""
-    looked = ", ".join(str(root) for root in _default_roots())
-    not_downloaded = reason if download else "download disabled"
-    return f"Fashion-MNIST not found (looked in {looked}) and {not_downloaded}; {HOW_TO_GET}"
 
 
 def load_fashion_mnist(
@@ -370,10 +194,10 @@ def load_fashion_mnist(
     """Find (or download) and load Fashion-MNIST.
 
     Args:
-        data_dir: directory holding the four files; None searches (see the module docstring).
+        data_dir: directory holding the four files; None searches (see actrange.data_files).
         download: fetch the files into the cache directory when no searched place has them.
         verify: check the counts (60000/10000) and the md5 of the decompressed bytes.
-        mirrors: base urls to download from, in order; None uses ACTRANGE_MIRROR or MIRRORS.
+        mirrors: base urls to try in order; None: ACTRANGE_MIRROR, else the published ones.
 
     Returns:
         The loaded set; ``source`` says where it came from.
@@ -381,19 +205,19 @@ def load_fashion_mnist(
     Raises:
         UsageError: when the files are missing and cannot be downloaded, or a file fails a check.
     """
-    directory = find_data_dir(data_dir)
+    directory = data_files.find_data_dir(data_dir)
     source = str(directory)
     if directory is None:
         if not download:
-            raise UsageError(_not_found_message(download, ""))
-        target = cache_dir()
+            raise UsageError(data_files.not_found_message(download, ""))
+        target = data_files.cache_dir()
         try:
-            mirror = _download(_mirrors(mirrors), target)
+            mirror = data_files.download(data_files.mirror_urls(mirrors), target)
         except UsageError as err:
-            raise UsageError(_not_found_message(download, str(err))) from err
+            raise UsageError(data_files.not_found_message(download, str(err))) from err
         directory, source = target, f"download: {mirror}"
 
-    tensors = {key: _load_file(directory, key, verify) for key in FILES}
+    tensors = {key: _load_file(directory, key, verify) for key in data_files.FILES}
     _check_pair(directory, tensors["train_images"], tensors["train_labels"], "train")
     _check_pair(directory, tensors["test_images"], tensors["test_labels"], "test")
     return FashionMNIST(**tensors, source=source)

@@ -84,13 +84,17 @@ def _per_segment(
     width: int,
     fn: Callable[[Activation, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """``fn(activation, slice)`` on each segment's models' slice of ``x`` along ``dim``, joined."""
+    """``fn(activation, slice)`` on each segment's models' slice of ``x`` along ``dim``, joined.
+
+    The segments cover the group in order, so ``split`` cuts ``x`` into exactly their slices.
+    Its backward pass joins the slices' gradients once, where ``narrow`` would write a
+    zero-filled gradient as wide as ``x`` for every segment and add them up.
+    """
     if len(plan) == 1:
         return fn(plan[0].activation, x)
-    parts = [
-        fn(s.activation, x.narrow(dim, s.start * width, (s.stop - s.start) * width)) for s in plan
-    ]
-    return torch.cat(parts, dim)
+    widths = [(segment.stop - segment.start) * width for segment in plan]
+    parts = x.split(widths, dim)
+    return torch.cat([fn(s.activation, part) for s, part in zip(plan, parts, strict=True)], dim)
 
 
 # Under autocast, conv1 still runs in fp32: with one input channel it is 9 multiply-adds per
