@@ -124,7 +124,11 @@ def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path
     # bf16 at the group size that was the faster of the two in fp32
     fp32_lines = document["lines"][2:4]
     fastest = min(fp32_lines, key=lambda f: f["seconds_per_model_epoch"])["group"]
-    assert names[4:] == [f"(c) engine G={fastest} bf16"]
+    # then the same group size with PyTorch's operations in place of the compiled CPU kernels
+    assert names[4:] == [
+        f"(c) engine G={fastest} bf16",
+        f"(c) engine G={fastest}, no compiled kernels",
+    ]
     assert document["flop_per_image"] == TRAIN_STEP_FLOP
     assert document["peak_flop_per_second"]["fp32"] > 0
     assert document["settings"]["batches"] == 1 and document["test_images"] == 64
@@ -138,7 +142,9 @@ def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path
     assert document["lines"][0]["x_faster_than_notebook"] == 1.0
     engine_lines = document["lines"][2:]
     assert [(f["group"], f["precision"]) for f in engine_lines] == [(1, "fp32"), (2, "fp32"),
-                                                                    (fastest, "bf16")]  # fmt: skip
+                                                                    (fastest, "bf16"),
+                                                                    (fastest, "fp32")]  # fmt: skip
+    assert document["environment"]["cpu_kernels"].startswith("compiled with")
     check = document["precision_check"]
     assert (check["epochs"], check["images"]) == (1, 128)
     assert len(check["fp32"]["test_accuracy"]) == len(check["bf16"]["test_accuracy"]) == 4
@@ -160,7 +166,8 @@ def test_without_the_notebook_ratios_are_not_available_and_no_json_is_written(
 
     printed = capsys.readouterr().out
     rows = [row for row in printed.splitlines() if row.startswith("(")]
-    assert [row[:3] for row in rows] == ["(b)", "(c)", "(c)"]
+    # (b); the engine in fp32, in bf16 and in fp32 without the compiled CPU kernels
+    assert [row[:3] for row in rows] == ["(b)", "(c)", "(c)", "(c)"]
     assert "precision check" not in printed
     assert all(" n/a " in row for row in rows)
     assert "(notebook not measured)" in printed

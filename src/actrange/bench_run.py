@@ -31,6 +31,7 @@ from actrange.bench_precision import CheckSettings, precision_check
 from actrange.bench_report import closing_sentence, format_report
 from actrange.bench_workers import measure_workers
 from actrange.config import TRAIN_IMAGES
+from actrange.cpu_kernels import kernel_status, turned_off
 from actrange.data import FashionMNIST, load_fashion_mnist
 from actrange.devicedata import DeviceData
 from actrange.environment import device_description, environment_record, resolve_device
@@ -109,7 +110,8 @@ def _say(name: str) -> None:
 def _measure_all(
     dataset: FashionMNIST, data: DeviceData, settings: BenchSettings, device: torch.device
 ) -> list[Line]:
-    """(b), (c) per group and precision, (c) in worker processes, then (a) if asked, first."""
+    """(b), (c) per group and precision, (c) without the compiled CPU kernels, (c) in worker
+    processes, then (a) if asked, placed first."""
     batches = settings.batches
     _say("(b) in-memory StudyCNN")
     lines = [measure_in_memory(dataset, batches, device)]
@@ -123,6 +125,12 @@ def _measure_all(
     for precision in precisions[1:]:
         _say(f"(c) engine G={fastest} {precision}")
         lines.append(measure_engine(data, fastest, batches, precision))
+    if device.type == "cpu" and kernel_status().available:
+        _say(f"(c) engine G={fastest} fp32, PyTorch operations only")
+        with turned_off():
+            plain = measure_engine(data, fastest, batches, "fp32")
+        plain.name += ", no compiled kernels"
+        lines.append(plain)
     processes, process_group = settings.processes, settings.process_group
     if processes > 1:
         for precision in precisions:

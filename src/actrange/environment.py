@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from actrange.cpu_kernels import kernel_status
 from actrange.errors import UsageError
 from actrange.identity import code_version
 
@@ -51,4 +52,5 @@ def environment_record(device: torch.device) -> dict[str, Any]:
         "device": device_description(device),
         "cuda": torch.version.cuda,
         "code_version": code_version(),
+        "cpu_kernels": kernel_status().reason if device.type == "cpu" else "not used off the CPU",
     }

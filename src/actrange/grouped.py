@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from actrange import cpu_kernels
 from actrange.activations import Activation, get_activation
 from actrange.model import FLAT_FEATURES, LAYERS
 
@@ -71,8 +72,8 @@ def _activate_and_pool(x: torch.Tensor, plan: list[Segment], width: int) -> torc
 
     def one_segment(activation: Activation, part: torch.Tensor) -> torch.Tensor:
         if activation.monotone:
-            return activation.fn(F.max_pool2d(part, 2))
-        return F.max_pool2d(activation.fn(part), 2)
+            return activation.fn(_max_pool(part))
+        return _max_pool(activation.fn(part))
 
     return _per_segment(x, plan, 1, width, one_segment)
 
@@ -95,6 +96,26 @@ def _per_segment(
     widths = [(segment.stop - segment.start) * width for segment in plan]
     parts = x.split(widths, dim)
     return torch.cat([fn(s.activation, part) for s, part in zip(plan, parts, strict=True)], dim)
+
+
+def _compiled_kernels_apply(x: torch.Tensor) -> bool:
+    """The compiled CPU kernels take fp32 tensors on the CPU, when they could be built."""
+    cpu_float = x.device.type == "cpu" and x.dtype == torch.float32
+    return cpu_float and cpu_kernels.kernel_status().available
+
+
+def _max_pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pool; the compiled kernel where it applies (its backward writes no zero fill)."""
+    if _compiled_kernels_apply(x):
+        return cpu_kernels.MaxPool.apply(x)
+    return F.max_pool2d(x, 2)
+
+
+def _first_block_fused(x: torch.Tensor, plan: list[Segment], record: dict | None) -> bool:
+    """conv1 and its pool can run as one compiled kernel: pooling first is exact for every
+    activation of the plan, and conv1's full-size output is not wanted for the record."""
+    pool_first = all(segment.activation.monotone for segment in plan)
+    return record is None and pool_first and _compiled_kernels_apply(x)
 
 
 # Under autocast, conv1 still runs in fp32: with one input channel it is 9 multiply-adds per
@@ -132,6 +153,11 @@ def group_forward(
     batch, group = images.shape[0], images.shape[1]
     x = images
     for spec in LAYERS:
+        if spec.name == "conv1" and _first_block_fused(x, plan, record):
+            weight, bias = params["conv1.weight"], params["conv1.bias"]
+            x = cpu_kernels.ConvPool.apply(x, weight, bias)  # [B, G*8, 14, 14]
+            x = _activate(x, plan, dim=1, width=spec.fan_out)
+            continue
         if spec.kind == "conv":
             x = _convolve(x, params, spec.name, spec.pad, group)  # [B, G*C, H, W]
             if record is not None:

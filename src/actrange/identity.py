@@ -13,6 +13,7 @@ from actrange.config import RunConfig
 # the modules whose code changes a run's numbers; editing one gives every run a new identity
 NUMERIC_MODULES = (
     "activations.py",
+    "cpu_kernels.py",
     "data.py",
     "devicedata.py",
     "diagnostics.py",
@@ -20,6 +21,8 @@ NUMERIC_MODULES = (
     "grouped.py",
     "model.py",
 )
+# compiled numeric code, fingerprinted by its bytes
+NUMERIC_SOURCES = ("kernels/pooled_conv.c",)
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
@@ -37,7 +40,7 @@ def code_fingerprint() -> str:
     """sha256 over the syntax trees of the modules that compute a run's numbers (12 hex digits).
 
     Trees, not bytes: comments, docstrings and formatting do not change a run's numbers, so
-    editing them keeps every stored run valid.
+    editing them keeps every stored run valid. The C kernels count by their bytes.
     """
     digest = hashlib.sha256()
     package = Path(__file__).parent
@@ -45,6 +48,9 @@ def code_fingerprint() -> str:
         tree = _without_docstrings(ast.parse((package / name).read_text(encoding="utf-8")))
         digest.update(name.encode())
         digest.update(ast.dump(tree).encode())
+    for name in NUMERIC_SOURCES:
+        digest.update(name.encode())
+        digest.update((package / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
