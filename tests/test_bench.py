@@ -17,7 +17,7 @@ from actrange.bench import (
 )
 from actrange.bench_precision import CheckSettings, format_check, precision_check
 from actrange.bench_report import closing_sentence, format_report
-from actrange.bench_run import BenchSettings, line_figures, run_benchmark
+from actrange.bench_run import BenchSettings, limit_seconds, line_figures, run_benchmark
 from actrange.data import normalise
 from actrange.devicedata import DeviceData
 from actrange.errors import UsageError
@@ -74,6 +74,17 @@ def test_line_figures_ratios_limit_and_costs_by_hand():
     assert figures["statistics_percent_of_epoch"] == pytest.approx(100 * 0.1 / (2 * model_epoch))
     assert figures["evaluation_seconds_per_model"] == pytest.approx(0.2)
     assert line_figures(engine_line, None, 1e6, {"fp32": 1e9})["x_faster_than_notebook"] is None
+
+
+def test_a_precision_slower_than_fp32_is_limited_by_fp32s_rate():
+    # bf16 emulated at 1e6 FLOP/s: the step could run in fp32 at 1e9, 60 s per model-epoch
+    line = Line("(c) engine G=1 bf16", 1, "bf16", steps=1, seconds=0.128, peak_memory_bytes=1)
+    peaks = {"fp32": 1e9, "bf16": 1e6}
+    figures = line_figures(line, None, flop=1e6, peaks=peaks)
+    assert figures["seconds_per_model_epoch"] == pytest.approx(60.032)  # 0.128 * 469
+    assert figures["percent_of_limit"] == pytest.approx(100 * 60 / 60.032)
+    # a faster reduced precision keeps its own rate: 60,000 images * 1e6 FLOP / 2e9 = 30 s
+    assert limit_seconds(1e6, {"fp32": 1e9, "bf16": 2e9}, "bf16") == pytest.approx(30.0)
 
 
 def test_closing_sentence_names_the_fastest_line_other_than_the_notebook():
@@ -145,6 +156,11 @@ def test_tiny_benchmark_writes_every_line_and_prints_one_row_each(tiny, tmp_path
                                                                     (fastest, "bf16"),
                                                                     (fastest, "fp32")]  # fmt: skip
     assert document["environment"]["cpu_kernels"].startswith("compiled with")
+    # the CPU's vector instructions decide the sums' order, so the record names them
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert (
+        document["device"] == document["environment"]["device"] == f"cpu (1 threads, {capability})"
+    )
     check = document["precision_check"]
     assert (check["epochs"], check["images"]) == (1, 128)
     assert len(check["fp32"]["test_accuracy"]) == len(check["bf16"]["test_accuracy"]) == 4
@@ -184,6 +200,20 @@ def test_the_engine_line_in_bf16_runs_its_own_precision(tiny):
         1,
     )
     assert line.seconds > 0 and line.statistics_seconds > 0 and line.evaluation_seconds > 0
+
+
+def test_the_matmul_side_stops_growing_once_a_product_is_slow(monkeypatch):
+    # products of side 256 take 0.01 s, of 512 and more 0.1 s: past the 0.05 s probe budget
+    probes = []
+
+    def fake_seconds(side, device, dtype, calls):
+        probes.append((side, calls))
+        return 0.01 if side < 512 else 0.1
+
+    monkeypatch.setattr(bench, "_matmul_seconds", fake_seconds)
+    peak = matmul_peak(torch.device("cpu"), "bf16", side=2048)
+    assert probes == [(256, 2), (512, 2), (512, 4)]
+    assert peak == pytest.approx(2 * 512**3 / 0.1)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])

@@ -33,14 +33,17 @@ def built(kernels):
 
 def _conv_pool_reference(images, weight, bias):
     """PyTorch's grouped convolution then max_pool2d, with autograd."""
-    group = images.shape[1]
+    group = weight.shape[0] // (8 if weight.shape[1] == 1 else 16)
     return F.max_pool2d(F.conv2d(images, weight, bias, padding=1, groups=group), 2)
 
 
-def _parameters(group: int, seed: int = 0):
+def _parameters(group: int, seed: int = 0, channels: tuple[int, int] = (1, 8)):
+    """conv1's parameters for ``group`` models, or conv2's with channels=(8, 16)."""
+    inputs, outputs = channels
     generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(group * 8, 1, 3, 3, generator=generator) * 0.5
-    bias = torch.randn(group * 8, generator=generator) * 0.1
+    weight = torch.randn(group * outputs, inputs, 3, 3, generator=generator) * 0.5 / inputs**0.5
+    weight = weight.contiguous(memory_format=CHANNELS_LAST)  # as the engine stores it
+    bias = torch.randn(group * outputs, generator=generator) * 0.1
     return weight.requires_grad_(), bias.requires_grad_()
 
 
@@ -63,7 +66,7 @@ def test_conv_pool_on_one_pixel_matches_hand_computed_values(built):
     weight.requires_grad_()
     bias.requires_grad_()
 
-    pooled = built.ConvPool.apply(images.contiguous(memory_format=CHANNELS_LAST), weight, bias)
+    pooled = built.Conv1Pool.apply(images.contiguous(memory_format=CHANNELS_LAST), weight, bias)
 
     expected = (torch.arange(8.0) / 10)[:, None, None].expand(8, 14, 14).clone()
     expected[0, 1, 2] = 2.0  # window rows 2-3, cols 4-5 holds (3, 5): 0 + 2
@@ -93,7 +96,7 @@ def test_a_tie_goes_to_the_first_position_in_scan_order_as_in_max_pool2d(built):
     bias = torch.zeros(8, requires_grad=True)
     images = images.contiguous(memory_format=CHANNELS_LAST)
 
-    pooled = built.ConvPool.apply(images, weight, bias)
+    pooled = built.Conv1Pool.apply(images, weight, bias)
     assert pooled[0, 0, 1, 2] == 1.5
     upstream = torch.zeros(1, 8, 14, 14)
     upstream[0, 0, 1, 2] = 1.0
@@ -112,7 +115,7 @@ def test_conv_pool_matches_convolution_then_max_pool(built, group, batch):
     images = _images(batch, group)
     weight, bias = _parameters(group)
     reference = _conv_pool_reference(images, weight, bias)
-    pooled = built.ConvPool.apply(images, weight, bias)
+    pooled = built.Conv1Pool.apply(images, weight, bias)
     torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=1e-6)
     assert pooled.is_contiguous(memory_format=CHANNELS_LAST)
 
@@ -129,12 +132,96 @@ def test_conv_pool_forward_does_not_depend_on_the_thread_count(built):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = built.ConvPool.apply(images, weight, bias)
+        alone = built.Conv1Pool.apply(images, weight, bias)
         torch.set_num_threads(2)
-        split = built.ConvPool.apply(images, weight, bias)
+        split = built.Conv1Pool.apply(images, weight, bias)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(alone, split)
+
+
+def _features(batch: int, group: int, seed: int = 5) -> torch.Tensor:
+    """conv2's input: 8 maps of 14x14 per model, with a flat band where outputs tie exactly."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, group * 8, 14, 14, generator=generator)
+    x[:, :, :5] = 0.25
+    return x.contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+
+
+def test_conv2_pool_on_one_pixel_matches_hand_computed_values(built):
+    # one image, one model; input channel 3 is 1 at (6, 9), all else 0
+    x = torch.zeros(1, 8, 14, 14)
+    x[0, 3, 6, 9] = 1.0
+    x = x.contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    weight = torch.zeros(16, 8, 3, 3)
+    weight[5, 3, 0, 2] = 3.0  # output channel 5 reads channel 3 up-right: output (7, 8) = 3
+    weight[9, 3, 1, 1] = -2.0  # channel 9 reads it at the centre: output (6, 9) = bias - 2
+    bias = torch.arange(16.0) / 100
+    weight, bias = weight.requires_grad_(), bias.requires_grad_()
+
+    pooled = built.Conv2Pool.apply(x, weight, bias)
+
+    expected = (torch.arange(16.0) / 100)[:, None, None].expand(16, 7, 7).clone()
+    expected[5, 3, 4] = 3.05  # window rows 6-7, cols 8-9 holds output (7, 8)
+    assert torch.equal(pooled[0], expected)  # channel 9's window keeps its bias, 0.09 > -1.91
+
+    # window (3, 4) of channel 5 won at (7, 8), bottom-left: its gradient reaches channel 3's
+    # pixel through the up-right tap, and that tap's weight
+    upstream = torch.zeros(1, 16, 7, 7)
+    upstream[0, 5, 3, 4] = 2.0
+    # channel 9's window (0, 0) is four equal outputs (its bias): the first, (0, 0), wins
+    upstream[0, 9, 0, 0] = 1.0
+    x_grad, weight_grad, bias_grad = torch.autograd.grad(pooled, [x, weight, bias], upstream)
+    expected_x_grad = torch.zeros(1, 8, 14, 14)
+    expected_x_grad[0, 3, 6, 9] = 6.0  # 2 x weight 3; the winner's other taps weigh 0
+    expected_x_grad[0, 3, 0, 0] = -2.0  # 1 x channel 9's centre weight, at its winner (0, 0)
+    assert torch.equal(x_grad, expected_x_grad)
+    expected_weight_grad = torch.zeros(16, 8, 3, 3)
+    expected_weight_grad[5, 3, 0, 2] = 2.0  # 2 x the pixel's 1; channel 9's winner read zeros
+    assert torch.equal(weight_grad, expected_weight_grad)
+    expected_bias_grad = torch.zeros(16)
+    expected_bias_grad[5], expected_bias_grad[9] = 2.0, 1.0
+    assert torch.equal(bias_grad, expected_bias_grad)
+
+
+@pytest.mark.parametrize("group,batch", [(1, 3), (3, 7), (4, 16)])
+def test_conv2_pool_matches_convolution_then_max_pool(built, group, batch):
+    x = _features(batch, group)
+    weight, bias = _parameters(group, channels=(8, 16))
+    reference = _conv_pool_reference(x, weight, bias)
+    pooled = built.Conv2Pool.apply(x, weight, bias)
+    torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=1e-6)
+    assert pooled.is_contiguous(memory_format=CHANNELS_LAST)
+
+    upstream = torch.randn(reference.shape, generator=torch.Generator().manual_seed(6))
+    expected = torch.autograd.grad(reference, [x, weight, bias], upstream)
+    got = torch.autograd.grad(pooled, [x, weight, bias], upstream)
+    # sums of hundreds of products in another order: absolute rounding, relative where large
+    for want, have in zip(expected, got, strict=True):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4)
+    assert got[1].is_contiguous(memory_format=CHANNELS_LAST)  # stored as the weight is
+
+
+def test_conv2_pool_does_not_depend_on_the_thread_count_beyond_its_sums(built):
+    # 5 images in 4 slices of 2: the last slice is empty and must add nothing
+    x = _features(5, 2)
+    weight, bias = _parameters(2, channels=(8, 16))
+    upstream = torch.randn(5, 32, 7, 7, generator=torch.Generator().manual_seed(7))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 4, 1):
+            torch.set_num_threads(count)
+            pooled = built.Conv2Pool.apply(x, weight, bias)
+            results.append((pooled, *torch.autograd.grad(pooled, [x, weight, bias], upstream)))
+    finally:
+        torch.set_num_threads(threads)
+    one, two, one_again = results
+    for a, b in zip(one, one_again, strict=True):
+        assert torch.equal(a, b)  # same thread count, same bits
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])  # per image: exact
+    for a, b in zip(one[2:], two[2:], strict=True):  # summed over slices: rounding only
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_max_pool_is_max_pool2d_bit_for_bit_ties_and_nan_included(built):

@@ -61,11 +61,13 @@ def _header(document: dict) -> list[str]:
         f"step    {document['flop_per_image'] / 1e6:.2f} MFLOP per image "
         "(forward + backward, convolutions and matmuls)",
     ]
-    for precision, peak in document["peak_flop_per_second"].items():
+    peaks = document["peak_flop_per_second"]
+    for precision, peak in peaks.items():
         limit = limits[precision]
+        at_fp32 = " (at fp32's rate, the faster)" if peak < peaks.get("fp32", 0.0) else ""
         lines.append(
             f"peak    {precision} matmul {peak / 1e12:.3g} TFLOP/s: "
-            f"limit {limit:.3g} s per model-epoch"
+            f"limit {limit:.3g} s per model-epoch{at_fp32}"
         )
     batch = settings["batch_size"]
     lines.append(

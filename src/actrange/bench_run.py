@@ -28,6 +28,7 @@ from actrange.bench import (
     measure_notebook,
 )
 from actrange.bench_precision import CheckSettings, precision_check
+from actrange.bench_repeats import run_repeated
 from actrange.bench_report import closing_sentence, format_report
 from actrange.bench_workers import measure_workers
 from actrange.config import TRAIN_IMAGES
@@ -38,6 +39,7 @@ from actrange.environment import device_description, environment_record, resolve
 from actrange.errors import UsageError
 
 MAX_CHECK_EPOCHS = 20
+MAX_REPEATS = 20
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class BenchSettings:
         check_epochs: epochs of the precision check; 0 skips it. Two whole epochs by default,
             the length after which the study's author reported each cell's accuracy.
         check_images: training images of the precision check.
+        repeats: whole runs of the benchmark, each in a fresh process, then their summary.
     """
 
     groups: list[int] = field(default_factory=lambda: [1, 4, 16])
@@ -67,6 +70,7 @@ class BenchSettings:
     process_group: int = 4
     check_epochs: int = 2
     check_images: int = TRAIN_IMAGES
+    repeats: int = 1
 
     def validated(self) -> "BenchSettings":
         """These settings with duplicate group sizes dropped; UsageError names a bad value."""
@@ -88,6 +92,8 @@ class BenchSettings:
             raise UsageError(
                 f"--check-epochs: {self.check_epochs} is outside 0..{MAX_CHECK_EPOCHS}"
             )
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise UsageError(f"--repeats: {self.repeats} is outside 1..{MAX_REPEATS}")
         if not BATCH <= self.check_images <= TRAIN_IMAGES:
             raise UsageError(
                 f"--check-images: {self.check_images} is outside {BATCH}..{TRAIN_IMAGES}"
@@ -148,11 +154,16 @@ def _measure_all(
 def run_benchmark(settings: BenchSettings, device_name: str, out: Path | None) -> int:
     """Measure every line, run the precision check, print the report, write the JSON to ``out``.
 
+    With ``settings.repeats`` above 1 the whole benchmark runs that many times, each run in a
+    fresh process, followed by their summary (:mod:`actrange.bench_repeats`).
+
     Raises:
         UsageError: a setting out of range, or an unavailable device.
     """
     settings = settings.validated()
     device = resolve_device(device_name)
+    if settings.repeats > 1:
+        return run_repeated(settings, device_name, out)
     dataset = load_fashion_mnist()
     data = DeviceData(dataset, device)
 
@@ -179,6 +190,17 @@ def run_benchmark(settings: BenchSettings, device_name: str, out: Path | None) -
     return 0
 
 
+def limit_seconds(flop: float, peaks: dict[str, float], precision: str) -> float:
+    """Seconds per model-epoch of a training step's FLOP at the faster of the precision's own
+    matmul peak and fp32's.
+
+    A step asked for in a reduced precision can always be computed in fp32 instead, so fp32's
+    rate bounds it too: on a CPU without bf16 instructions, bf16 products are emulated and ran
+    hundreds of times slower than fp32 ones, which would make a limit at bf16's rate meaningless.
+    """
+    return TRAIN_IMAGES * flop / max(peaks[precision], peaks.get("fp32", 0.0))
+
+
 def line_figures(line: Line, notebook: Line | None, flop: float, peaks: dict[str, float]) -> dict:
     """Every figure of one line, JSON-able.
 
@@ -192,7 +214,7 @@ def line_figures(line: Line, notebook: Line | None, flop: float, peaks: dict[str
         of the arithmetic limit and, for engine lines, the statistics and evaluation shares.
     """
     model_epoch = line.seconds_per_model_epoch
-    limit = TRAIN_IMAGES * flop / peaks[line.precision]
+    limit = limit_seconds(flop, peaks, line.precision)
     figures = asdict(line)
     figures["seconds_per_model_epoch"] = model_epoch
     figures["images_per_second"] = TRAIN_IMAGES / model_epoch
@@ -232,7 +254,7 @@ def _document(
         "test_images": test_images,
         "flop_per_image": flop,
         "peak_flop_per_second": peaks,
-        "limit_seconds_per_model_epoch": {p: TRAIN_IMAGES * flop / v for p, v in peaks.items()},
+        "limit_seconds_per_model_epoch": {p: limit_seconds(flop, peaks, p) for p in peaks},
         "memory": memory,
         "lines": figures,
         "best": closing_sentence(figures),

@@ -8,10 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actrange.config_files import preset_names, resolve
 from actrange.errors import UsageError
+
+if TYPE_CHECKING:
+    from actrange.bench_run import BenchSettings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -175,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--check-images", default="60000", help="training images of the precision check"
     )
+    bench.add_argument(
+        "--repeats", default="1", help="whole runs, each in a new process, then a summary"
+    )
 
     data = commands.add_parser("data", help="find, verify (and download) Fashion-MNIST")
     data.add_argument("--data", help="directory holding the files")
@@ -212,10 +218,11 @@ def _command_status(args: argparse.Namespace) -> int:
     return print_status(Path(args.directory))
 
 
-def _command_bench(args: argparse.Namespace) -> int:
-    from actrange.bench_run import BenchSettings, run_benchmark
+def bench_settings(args: argparse.Namespace) -> "BenchSettings":
+    """The bench command's options as BenchSettings (each number checked for being one)."""
+    from actrange.bench_run import BenchSettings
 
-    settings = BenchSettings(
+    return BenchSettings(
         groups=[_integer(g, "--groups") for g in _split(args.groups)],
         batches=_integer(args.batches, "--batches"),
         notebook=not args.skip_notebook,
@@ -224,7 +231,14 @@ def _command_bench(args: argparse.Namespace) -> int:
         process_group=_integer(args.process_group, "--process-group"),
         check_epochs=_integer(args.check_epochs, "--check-epochs"),
         check_images=_integer(args.check_images, "--check-images"),
+        repeats=_integer(args.repeats, "--repeats"),
     )
+
+
+def _command_bench(args: argparse.Namespace) -> int:
+    from actrange.bench_run import run_benchmark
+
+    settings = bench_settings(args)
     return run_benchmark(settings, args.device, Path(args.out) if args.out else None)
 
 

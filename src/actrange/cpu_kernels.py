@@ -1,12 +1,16 @@
-"""Compiled CPU kernels for the memory-bound pooling blocks, built on first use.
+"""Compiled CPU kernels for the study's two pooling blocks, built on first use.
 
-On a CPU the study's first block (conv1, then a 2x2 max-pool) is bound by memory traffic, not
-arithmetic: PyTorch writes conv1's full output, reads it to pool, and in the backward pass
-zero-fills a gradient as large, scatters into it and reads it again. ``kernels/pooled_conv.c``
-does the block in one pass that keeps each 2x2 window in registers, and a max-pool whose
-backward pass writes every element once. The kernels are plain C (no PyTorch headers), compiled
-with the system C compiler in well under a second into the user cache and called through
-ctypes, each thread on its own slice of the batch (ctypes releases the GIL).
+On a CPU the blocks that end in a 2x2 max-pool (conv1 and conv2) are bound by memory traffic
+and by the library's handling of narrow groups, not by arithmetic: PyTorch writes the
+convolution's full output, reads it to pool, and in the backward pass zero-fills a gradient as
+large, scatters into it and reads it again. ``kernels/pooled_conv.c`` does each block in one
+pass that keeps every 2x2 window in registers and sends each pooled gradient only through the
+product that won its window, plus a max-pool whose backward pass writes every element once.
+The kernels are plain C (no PyTorch headers), compiled with the system C compiler in about a
+second into the user cache, and called through ctypes (which releases the GIL). They split the
+batch over OpenMP threads: the compiled library links ``libgomp.so.1`` by name, so it shares
+the OpenMP runtime PyTorch has already loaded and its thread team, rather than starting threads
+that compete with PyTorch's spinning ones for the cores.
 
 Where no compiler is found, or ``ACTRANGE_KERNELS=off``, the engine uses PyTorch's own
 operations; both paths compute the same function and agree to float rounding (tested).
@@ -20,7 +24,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -31,12 +34,15 @@ import torch
 from actrange.data_files import cache_dir
 
 SOURCE = Path(__file__).parent / "kernels" / "pooled_conv.c"
-CHANNELS_PER_MODEL = 8  # the kernel's K: conv1's output channels per model
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11")
+CONV1_CHANNELS = (1, 8)  # (input, output) channels per model the conv1 kernel computes
+CONV2_CHANNELS = (8, 16)  # and the conv2 kernel
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "conv_pool_forward": [_POINTER] * 5 + [_INT] * 5,
     "conv_pool_backward": [_POINTER] * 5 + [_INT] * 5,
+    "conv8_pool_forward": [_POINTER] * 5 + [_INT] * 5,
+    "conv8_pool_backward": [_POINTER] * 7 + [_INT] * 5,
     "max_pool_forward": [_POINTER] * 3 + [_INT] * 5,
     "max_pool_backward": [_POINTER] * 3 + [_INT] * 5,
 }
@@ -122,38 +128,18 @@ def turned_off() -> Iterator[None]:
         kernel_status.cache_clear()
 
 
-@cache
-def _threads(count: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(count, thread_name_prefix="actrange-kernel")
+def _parts(batch: int) -> int:
+    """How many slices of the batch the kernels run in parallel: one per intra-op thread.
+
+    The slices are fixed by this count alone, so the per-slice partial gradients, and their
+    sum, do not depend on how the threads are scheduled.
+    """
+    return max(1, min(torch.get_num_threads(), batch))
 
 
-# a forked child has none of its parent's threads: it must build its own pool
-os.register_at_fork(after_in_child=_threads.cache_clear)
-
-
-def _batch_slices(batch: int) -> list[tuple[int, int]]:
-    """One contiguous slice of the batch per intra-op thread, fixed for a given thread count."""
-    parts = max(1, min(torch.get_num_threads(), batch))
-    size = -(-batch // parts)
-    return [(start, min(batch, start + size)) for start in range(0, batch, size)]
-
-
-def _parallel(function, calls: list[tuple]) -> None:
-    """``function(*arguments)`` for each tuple of ``calls``, one thread each."""
-    if len(calls) == 1:
-        function(*calls[0])
-        return
-    list(_threads(len(calls)).map(lambda arguments: function(*arguments), calls))
-
-
-def _over_batch(function, tensors, shape: tuple[int, ...], slices, partials=()) -> None:
-    """Run a kernel on each batch slice; ``partials`` are [slices, ...] per-slice outputs."""
-    pointers = [t.data_ptr() for t in tensors]
-    calls = [
-        (*pointers, *(p[k].data_ptr() for p in partials), b0, b1, *shape)
-        for k, (b0, b1) in enumerate(slices)
-    ]
-    _parallel(function, calls)
+def _call(function, tensors: list[torch.Tensor], *sizes: int) -> None:
+    """``function(pointers..., sizes...)``: the kernels take raw pointers and int64 sizes."""
+    function(*(t.data_ptr() for t in tensors), *sizes)
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +148,13 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1)).contiguous()
 
 
-class ConvPool(torch.autograd.Function):
+def _check_channels(weight: torch.Tensor, group: int, channels: tuple[int, int]) -> None:
+    inputs, outputs = channels
+    if tuple(weight.shape) != (group * outputs, inputs, 3, 3):
+        raise ValueError(f"the kernel computes {inputs} -> {outputs} channels per model")
+
+
+class Conv1Pool(torch.autograd.Function):
     """conv1 then 2x2 max-pool: 3x3 convolution, padding 1, groups G, one input channel and
     eight output channels per model.
 
@@ -174,34 +166,86 @@ class ConvPool(torch.autograd.Function):
     def forward(ctx, images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
         library = kernel_status().library
         batch, group, height, width = images.shape
+        _check_channels(weight, group, CONV1_CHANNELS)
         channels = weight.shape[0]
-        if channels != group * CHANNELS_PER_MODEL:
-            raise ValueError(f"the kernel computes {CHANNELS_PER_MODEL} channels per model")
         padded = _padded(images)  # [B, H+2, W+2, G]
         taps = weight.detach().reshape(channels, 9).t().contiguous()  # [9, C]
         pooled = torch.empty(batch, height // 2, width // 2, channels)  # [B, H/2, W/2, C]
         phase = torch.empty(pooled.shape, dtype=torch.uint8)
         tensors = [padded, taps, bias.detach().contiguous(), pooled, phase]
-        shape = (height, width, group)
-        _over_batch(library.conv_pool_forward, tensors, shape, _batch_slices(batch))
+        ctx.sizes = (batch, height, width, group, _parts(batch))
+        _call(library.conv_pool_forward, tensors, *ctx.sizes)
         ctx.save_for_backward(padded, phase)
-        ctx.shape = shape
         return pooled.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):
         library = kernel_status().library
         padded, phase = ctx.saved_tensors
-        channels = phase.shape[-1]
+        channels, parts = phase.shape[-1], ctx.sizes[-1]
         grad = grad_pooled.permute(0, 2, 3, 1).contiguous()  # [B, H/2, W/2, C]
-        slices = _batch_slices(grad.shape[0])
-        weight_parts = torch.empty(len(slices), 9, channels)
-        bias_parts = torch.empty(len(slices), channels)
-        kernel = library.conv_pool_backward
-        _over_batch(kernel, [padded, grad, phase], ctx.shape, slices, (weight_parts, bias_parts))
+        weight_parts = torch.empty(parts, 9, channels)
+        bias_parts = torch.empty(parts, channels)
+        tensors = [padded, grad, phase, weight_parts, bias_parts]
+        _call(library.conv_pool_backward, tensors, *ctx.sizes)
         # the slices' sums are added in a fixed order: no dependence on thread timing
         weight_grad = weight_parts.sum(0).t().reshape(channels, 1, 3, 3)
         return None, weight_grad, bias_parts.sum(0)
+
+
+class Conv2Pool(torch.autograd.Function):
+    """conv2 then 2x2 max-pool: 3x3 convolution, padding 1, groups G, eight input and sixteen
+    output channels per model.
+
+    x [B, G*8, H, W]; weight [G*16, 8, 3, 3]; bias [G*16] -> pooled pre-activations
+    [B, G*16, H/2, W/2] in channels_last memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        library = kernel_status().library
+        batch, _, height, width = x.shape
+        inputs, outputs = CONV2_CHANNELS
+        group = weight.shape[0] // outputs
+        _check_channels(weight, group, CONV2_CHANNELS)
+        padded = _padded(x)  # [B, H+2, W+2, G*8]
+        per_model = weight.detach().view(group, outputs, inputs, 9)
+        taps = per_model.permute(0, 3, 2, 1).contiguous()  # [G, 9, 8, 16]
+        pooled = torch.empty(batch, height // 2, width // 2, group * outputs)
+        phase = torch.empty(pooled.shape, dtype=torch.uint8)
+        tensors = [padded, taps, bias.detach().contiguous(), pooled, phase]
+        ctx.sizes = (batch, height, width, group, _parts(batch))
+        _call(library.conv8_pool_forward, tensors, *ctx.sizes)
+        ctx.save_for_backward(padded, phase, weight.detach())
+        return pooled.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_pooled: torch.Tensor):
+        library = kernel_status().library
+        padded, phase, weight = ctx.saved_tensors
+        batch, height, width, group, parts = ctx.sizes
+        inputs, outputs = CONV2_CHANNELS
+        grad = grad_pooled.permute(0, 2, 3, 1).contiguous()  # [B, H/2, W/2, G*16]
+        per_model = weight.view(group, outputs, inputs, 9)
+        taps = per_model.permute(0, 3, 1, 2).contiguous()  # [G, 9, 16, 8]
+        grad_input = torch.empty(batch, height, width, group * inputs)
+        weight_parts = torch.empty(parts, group, 9, outputs, inputs)
+        bias_parts = torch.empty(parts, group * outputs)
+        tensors = [padded, grad, phase, taps, grad_input, weight_parts, bias_parts]
+        _call(library.conv8_pool_backward, tensors, *ctx.sizes)
+        # the slices' sums are added in a fixed order: no dependence on thread timing
+        weight_grad = weight_parts.sum(0).permute(0, 2, 3, 1)  # [G, 16, 8, 9]
+        weight_grad = weight_grad.reshape(weight.shape).contiguous(
+            memory_format=weight_layout(weight)
+        )
+        return grad_input.permute(0, 3, 1, 2), weight_grad, bias_parts.sum(0)
+
+
+def weight_layout(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format ``weight`` is stored in, so that its gradient is stored the same way."""
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class MaxPool(torch.autograd.Function):
@@ -214,22 +258,20 @@ class MaxPool(torch.autograd.Function):
         values = x.permute(0, 2, 3, 1).contiguous()  # [B, H, W, C]; a view when channels_last
         pooled = torch.empty(batch, height // 2, width // 2, channels)
         phase = torch.empty(pooled.shape, dtype=torch.uint8)
-        shape = (height, width, channels)
-        _over_batch(library.max_pool_forward, [values, pooled, phase], shape, _batch_slices(batch))
+        ctx.sizes = (batch, height, width, channels, _parts(batch))
+        _call(library.max_pool_forward, [values, pooled, phase], *ctx.sizes)
         ctx.save_for_backward(phase)
-        ctx.shape = shape
         return pooled.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):
         library = kernel_status().library
         (phase,) = ctx.saved_tensors
-        height, width, channels = ctx.shape
+        batch, height, width, channels, _ = ctx.sizes
         grad = grad_pooled.permute(0, 2, 3, 1).contiguous()  # [B, H/2, W/2, C]
         # the kernel writes every element of the pooled windows; an odd last row or column
         # belongs to no window and gets zero, as in max_pool2d
         odd = height % 2 or width % 2
-        grad_input = (torch.zeros if odd else torch.empty)(grad.shape[0], height, width, channels)
-        slices = _batch_slices(grad.shape[0])
-        _over_batch(library.max_pool_backward, [grad, phase, grad_input], ctx.shape, slices)
+        grad_input = (torch.zeros if odd else torch.empty)(batch, height, width, channels)
+        _call(library.max_pool_backward, [grad, phase, grad_input], *ctx.sizes)
         return grad_input.permute(0, 3, 1, 2)

@@ -30,10 +30,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def device_description(device: torch.device) -> str:
-    """A human-readable name of the device, e.g. "cuda:0 (NVIDIA H200)" or "cpu (2 threads)"."""
+    """A human-readable name of the device, e.g. "cuda:0 (NVIDIA H200)" or "cpu (2 threads,
+    AVX2)".
+
+    For a CPU it names the vector instructions PyTorch's kernels dispatch to: they decide the
+    order of the floating-point sums, so results are bit-identical only between CPUs that share
+    them (with the same thread count and code).
+    """
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} ({torch.get_num_threads()} threads, {platform.processor() or 'cpu'})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{device.type} ({torch.get_num_threads()} threads, {capability})"
 
 
 def _version(package: str) -> str:

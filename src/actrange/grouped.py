@@ -111,17 +111,24 @@ def _max_pool(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, 2)
 
 
-def _first_block_fused(x: torch.Tensor, plan: list[Segment], record: dict | None) -> bool:
-    """conv1 and its pool can run as one compiled kernel: pooling first is exact for every
-    activation of the plan, and conv1's full-size output is not wanted for the record."""
-    pool_first = all(segment.activation.monotone for segment in plan)
-    return record is None and pool_first and _compiled_kernels_apply(x)
-
-
 # Under autocast, conv1 still runs in fp32: with one input channel it is 9 multiply-adds per
 # output, so bf16 would round the input pixels themselves for no gain in speed (oneDNN's bf16
 # kernels for it were slower than fp32 on the development CPU).
 FULL_PRECISION_LAYERS = frozenset({"conv1"})
+
+# The pooling blocks each compiled kernel computes in one pass: convolution, then max-pool.
+FUSED_BLOCKS = {"conv1": cpu_kernels.Conv1Pool, "conv2": cpu_kernels.Conv2Pool}
+
+
+def _block_fused(name: str, x: torch.Tensor, plan: list[Segment], record: dict | None) -> bool:
+    """A convolution and its pool can run as one compiled fp32 kernel: pooling first is exact
+    for every activation of the plan, the full-size output is not wanted for the record, and
+    the layer is one that computes in fp32 even under autocast (else autocast decides)."""
+    if name not in FUSED_BLOCKS or record is not None:
+        return False
+    pool_first = all(segment.activation.monotone for segment in plan)
+    in_fp32 = name in FULL_PRECISION_LAYERS or not torch.is_autocast_enabled(x.device.type)
+    return pool_first and in_fp32 and _compiled_kernels_apply(x)
 
 
 def _convolve(x: torch.Tensor, params: dict[str, torch.Tensor], name: str, pad: int, group: int):
@@ -153,9 +160,9 @@ def group_forward(
     batch, group = images.shape[0], images.shape[1]
     x = images
     for spec in LAYERS:
-        if spec.name == "conv1" and _first_block_fused(x, plan, record):
-            weight, bias = params["conv1.weight"], params["conv1.bias"]
-            x = cpu_kernels.ConvPool.apply(x, weight, bias)  # [B, G*8, 14, 14]
+        if _block_fused(spec.name, x, plan, record):
+            weight, bias = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
+            x = FUSED_BLOCKS[spec.name].apply(x, weight, bias)  # [B, G*C, H/2, W/2]
             x = _activate(x, plan, dim=1, width=spec.fan_out)
             continue
         if spec.kind == "conv":
