@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from actrange.config import ExperimentConfig
+from actrange.environment import bf16_warning, resolve_device
 from actrange.progress import Progress
 from actrange.store import Store
 from actrange.sweep import StopRequested, Sweep, SweepOutcome, Tracker
@@ -57,6 +58,11 @@ def _train(
 
 def execute(config: ExperimentConfig, out_dir: Path, *, progress: Progress, report: bool) -> int:
     """Run ``config`` into ``out_dir``; return the exit status."""
+    # on Ray the runs train on the cluster's machines, not this one
+    local = config.backend != "ray"
+    warning = bf16_warning(config.precision, resolve_device(config.device)) if local else None
+    if warning is not None:
+        print(warning, file=sys.stderr)  # even with --quiet: it explains a slow run
     trackers = make_trackers(config, out_dir)
     try:
         outcome = _train(config, out_dir, progress, trackers)
